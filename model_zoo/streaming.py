@@ -1,0 +1,54 @@
+"""On-disk output stores, so that memory depends on the tile, not the image.
+
+:func:`disk_outputs` gives :class:`~model_zoo.prediction.PredictionJob` an output
+factory that backs each output with an uncompressed zarr array in a temporary
+folder beside the final output; tiles are written straight to disk, and the
+writers stream from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Outputs smaller than this stay in memory; the disk store only pays off beyond.
+IN_MEMORY_LIMIT = 64 * 2**20
+
+
+@contextlib.contextmanager
+def disk_outputs(
+    folder: str | Path, limit: int = IN_MEMORY_LIMIT
+) -> Iterator[Callable[[str, tuple[int, ...], Any], Any]]:
+    """Yield an output factory that puts large outputs in a temporary zarr store.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Where the temporary store goes (beside the final output, same disk).
+    limit : int
+        Outputs of more bytes than this go to disk.
+    """
+    import zarr
+
+    tmp = Path(tempfile.mkdtemp(prefix=".oncoai-work-", dir=folder))
+
+    def factory(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if nbytes <= limit:
+            return np.zeros(shape, dtype=dtype)
+        chunks = tuple(1 if i < len(shape) - 2 else 512 for i in range(len(shape)))
+        return zarr.open(
+            str(tmp / f"{name}.zarr"), mode="w", shape=shape, chunks=chunks,
+            dtype=dtype, compressor=None, fill_value=0,
+        )
+
+    try:
+        yield factory
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
