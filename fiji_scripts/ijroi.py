@@ -356,7 +356,9 @@ def _decode(data: bytes, default_name: str, where: str) -> ImageJRoi:
         ends = np.array([[raw.x1, raw.y1], [raw.x2, raw.y2]], dtype=np.float64)
         return ImageJRoi(kind="line", coordinates=ends, **common)
     if imagej_type in ("rectangle", "noroi"):
-        log.info("ImageJ ROI %r of type %s read as its box", common["name"], raw.roitype)
+        log.info(
+            "ImageJ ROI %r of type %s read as its box", common["name"], raw.roitype
+        )
         return ImageJRoi(kind="rectangle", coordinates=_rect_corners(raw), **common)
 
     coordinates = np.asarray(raw.coordinates(), dtype=np.float64).reshape(-1, 2)
@@ -485,9 +487,7 @@ def _fill(rings: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """
     height, width = shape
     mask = np.zeros((height, width), dtype=bool)
-    edges = [
-        (ring, np.roll(ring, -1, axis=0)) for ring in rings if len(ring) >= 3
-    ]
+    edges = [(ring, np.roll(ring, -1, axis=0)) for ring in rings if len(ring) >= 3]
     if not edges:
         return mask
     start = np.concatenate([a for a, _ in edges])

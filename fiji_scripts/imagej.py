@@ -222,7 +222,9 @@ def open_result(
     OpenedResult
     """
     path = Path(path)
-    stem = path.name[: -len("_labels.tif")] if path.name.endswith("_labels.tif") else None
+    stem = (
+        path.name[: -len("_labels.tif")] if path.name.endswith("_labels.tif") else None
+    )
     if rois is None and stem is not None:
         candidate = path.with_name(f"{stem}_RoiSet.zip")
         rois = candidate if candidate.is_file() else None
@@ -241,7 +243,9 @@ def open_result(
 
 
 def to_imageplus(
-    array: np.ndarray, title: str = "image", pixel_size: tuple[float, float] | None = None
+    array: np.ndarray,
+    title: str = "image",
+    pixel_size: tuple[float, float] | None = None,
 ) -> Any:
     """Wrap a 2D or 3D array as an ImageJ ``ImagePlus``.
 

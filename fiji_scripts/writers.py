@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import roifile
 from shapely.geometry import MultiPolygon, Polygon
 
 from model_zoo.errors import OncoAIError
+from model_zoo.outputs import atomic_path
 
 if TYPE_CHECKING:
     from model_zoo.result import PredictionResult
@@ -94,18 +91,16 @@ def labels_to_rois(
 
 
 def write_roi_set(result: PredictionResult, path: Path) -> None:
-    """Write a result's objects as an ImageJ RoiSet zip.
+    """Write a result's objects as an ImageJ RoiSet zip, one ``.roi`` per object.
 
-    The zip also holds ``oncoai_provenance.json``; ImageJ's ROI Manager reads
-    only the ``.roi`` entries and ignores it.
+    The provenance goes in the sidecar ``.oncoai.json`` that
+    :func:`model_zoo.outputs.write_result` writes beside every output.
     """
     instances = result.instances
     rois = labels_to_rois(instances.labels, offset=tuple(instances.offset))
-    provenance = json.dumps(result.provenance, indent=2, default=str)
-    with _atomic(path, "wb") as handle, zipfile.ZipFile(handle, "w") as zf:
+    with atomic_path(path) as temp, zipfile.ZipFile(temp, "w") as zf:
         for roi in rois:
             zf.writestr(f"{roi.name}.roi", roi.tobytes())
-        zf.writestr("oncoai_provenance.json", provenance)
     log.info("wrote %d ImageJ ROIs to %s", len(rois), path)
 
 
@@ -117,8 +112,8 @@ def write_results_csv(result: PredictionResult, path: Path) -> None:
     """
     table = result.instances.table
     text = table_to_csv(table)
-    with _atomic(path, "w", newline="") as handle:
-        handle.write(text)
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8", newline="")
     log.info("wrote %d rows of measurements to %s", len(table.get("label", [])), path)
 
 
@@ -176,13 +171,43 @@ def make_labels_tif_writer(
         instances = result.instances
         labels_result = PredictionResult.from_labels(
             instances.labels,
-            image=result.image,
             provenance=result.provenance,
             offset=result.offset,
+            pixel_size=result.image.pixel_size,
         )
+        labels_result.outputs = {"labels": imagej_labels(instances.labels)[None]}
         tif_writer(labels_result, path)
 
     return write_labels_tif
+
+
+def imagej_labels(labels: np.ndarray) -> np.ndarray:
+    """Return labels in a pixel type that ImageJ stores: 16-bit or 32-bit float.
+
+    ImageJ has no 32-bit integer images.  Up to 65535 objects fit in 16 bits,
+    which ImageJ shows with its label lookup tables; beyond that a 32-bit float
+    holds every label exactly up to 2**24.
+
+    Parameters
+    ----------
+    labels : array of int, ([T][Z])YX
+
+    Returns
+    -------
+    array of uint16 or float32, same shape
+    """
+    labels = np.asarray(labels)
+    top = int(labels.max(initial=0))
+    if labels.size and int(labels.min()) < 0:
+        raise OncoAIError(f"labels must be >= 0; got a minimum of {labels.min()}.")
+    if top <= np.iinfo(np.uint16).max:
+        return labels.astype(np.uint16)
+    if top >= 2**24:
+        raise OncoAIError(
+            f"{top} objects is more than an ImageJ image can number exactly (2**24); "
+            "split the image into smaller regions."
+        )
+    return labels.astype(np.float32)
 
 
 def _outline_to_roi(outline: Polygon | MultiPolygon, name: str) -> roifile.ImagejRoi:
@@ -202,11 +227,10 @@ def _polygon_roi(vertices: np.ndarray, name: str) -> roifile.ImagejRoi:
     roi = roifile.ImagejRoi()
     roi.roitype = roifile.ROI_TYPE.POLYGON
     roi.name = name
-    left, top = np.floor(vertices.min(axis=0)).astype(int)
-    right, bottom = np.ceil(vertices.max(axis=0)).astype(int)
-    roi.left, roi.top, roi.right, roi.bottom = int(left), int(top), int(right), int(bottom)
+    _set_bounds(roi, vertices)
     roi.n_coordinates = len(vertices)
-    roi.integer_coordinates = np.round(vertices - (left, top)).astype(np.int32)
+    corner = np.array([roi.left, roi.top])
+    roi.integer_coordinates = np.round(vertices - corner).astype(np.int32)
     whole = np.array_equal(vertices, np.round(vertices))
     if not whole or np.abs(vertices).max() > _INT16_SAFE:
         roi.options |= roifile.ROI_OPTIONS.SUB_PIXEL_RESOLUTION
@@ -222,17 +246,21 @@ def _composite_roi(rings: list[np.ndarray], name: str) -> roifile.ImagejRoi:
         segments.append(np.hstack([ops, ring]).ravel())
         segments.append(np.array([_CLOSE]))
     path = np.concatenate(segments).astype(np.float32)
-    every = np.concatenate(rings)
-    left, top = np.floor(every.min(axis=0)).astype(int)
-    right, bottom = np.ceil(every.max(axis=0)).astype(int)
 
     roi = roifile.ImagejRoi()
     roi.roitype = roifile.ROI_TYPE.RECT
     roi.name = name
-    roi.left, roi.top, roi.right, roi.bottom = int(left), int(top), int(right), int(bottom)
+    _set_bounds(roi, np.concatenate(rings))
     roi.multi_coordinates = path
     roi.shape_roi_size = len(path)
     return roi
+
+
+def _set_bounds(roi: roifile.ImagejRoi, vertices: np.ndarray) -> None:
+    left, top = np.floor(vertices.min(axis=0)).astype(int)
+    right, bottom = np.ceil(vertices.max(axis=0)).astype(int)
+    roi.left, roi.top = int(left), int(top)
+    roi.right, roi.bottom = int(right), int(bottom)
 
 
 def _column_text(column: np.ndarray) -> list[str]:
@@ -241,18 +269,3 @@ def _column_text(column: np.ndarray) -> list[str]:
     if column.dtype.kind == "f":
         return [repr(float(v)) for v in column]
     return [str(v) for v in column]
-
-
-@contextmanager
-def _atomic(path: Path, mode: str, **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path`` and move it into place on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -770,7 +770,8 @@ def _reason(err: BaseException) -> str:
 def _get_bytes(url: str, cancel: threading.Event | None) -> bytes:
     """Download a small document into memory, retrying transient failures."""
     last = ""
-    for delay in _RETRY_DELAYS_S:
+    attempts = len(_RETRY_DELAYS_S)
+    for attempt, delay in enumerate(_RETRY_DELAYS_S, start=1):
         time.sleep(delay)
         _check_cancel(cancel, f"fetching {url}")
         try:
@@ -778,7 +779,7 @@ def _get_bytes(url: str, cancel: threading.Event | None) -> bytes:
                 return response.read()
         except (_Retry, http.client.HTTPException, OSError) as err:
             last = _reason(err)
-            logger.warning("download of %s failed (%s); retrying", url, last)
+            logger.warning("%s, attempt %d of %d: %s", url, attempt, attempts, last)
     raise _DownloadInterrupted(
         f"could not reach {url} ({last}); check the network connection, or set "
         f"{BIOIMAGEIO_URL_ENV} to a reachable mirror"
@@ -896,7 +897,8 @@ def _transfer_with_retries(
     cancel: threading.Event | None,
 ) -> None:
     last = ""
-    for attempt, delay in enumerate(_RETRY_DELAYS_S):
+    attempts = len(_RETRY_DELAYS_S)
+    for attempt, delay in enumerate(_RETRY_DELAYS_S, start=1):
         time.sleep(delay)
         _check_cancel(cancel, f"downloading {name}")
         try:
@@ -904,7 +906,7 @@ def _transfer_with_retries(
             return
         except _Retry as err:
             last = str(err)
-            logger.warning("download of %s, attempt %d: %s", url, attempt + 1, last)
+            logger.warning("%s, attempt %d of %d: %s", url, attempt, attempts, last)
     kept = part.stat().st_size if part.exists() else 0
     raise _DownloadInterrupted(
         f"could not download {url} ({last}); {kept} bytes are kept, run the same "

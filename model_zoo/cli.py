@@ -55,22 +55,35 @@ class _ProgressLine:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", required=True,
-                        help="model id, nickname, folder, zip or RDF")
+    parser.add_argument(
+        "--model", "-m", required=True, help="model id, nickname, folder, zip or RDF"
+    )
     parser.add_argument("--weights", help="weights format (default: fastest)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
-    parser.add_argument("--tile", type=int,
-                        help="tile edge in pixels; 0 runs the whole image in one pass")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        help="tile edge in pixels; 0 runs the whole image in one pass",
+    )
     parser.add_argument("--halo", type=int, help="overlap kept on each tile side")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass")
     parser.add_argument("--axes", help="image axes, e.g. YX, CYX, YXS, ZYX, TCZYX")
     parser.add_argument("--channel", help="channel to use, by index or name")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="foreground probability threshold for objects")
-    parser.add_argument("--no-split", action="store_true",
-                        help="do not split touching objects")
-    parser.add_argument("--min-size", type=int, default=10,
-                        help="drop objects smaller than this many pixels")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="foreground probability threshold for objects",
+    )
+    parser.add_argument(
+        "--no-split", action="store_true", help="do not split touching objects"
+    )
+    parser.add_argument(
+        "--min-size",
+        type=int,
+        default=10,
+        help="drop objects smaller than this many pixels",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -105,12 +118,18 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _configure_predict(parser: argparse.ArgumentParser) -> None:
     _add_run_options(parser)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="input image(s); one per model input")
-    parser.add_argument("-o", "--output", action="append", required=True,
-                        help="output file; the format follows the extension "
-                        "(.tif, .ome.zarr, .npy, .geojson, _RoiSet.zip, .csv); "
-                        "repeat for several")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="input image(s); one per model input"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        required=True,
+        help="output file; the format follows the extension "
+        "(.tif, .ome.zarr, .npy, .geojson, _RoiSet.zip, .csv); "
+        "repeat for several",
+    )
     parser.add_argument("--quiet", "-q", action="store_true")
 
 
@@ -214,7 +233,12 @@ def models_test(source: str, weights: str | None = None, device: str = "auto") -
     int
         0 when every format tested reproduces the test outputs.
     """
-    from model_zoo.model import _is_local, available_formats, load_description, locate_rdf
+    from model_zoo.model import (
+        _is_local,
+        available_formats,
+        load_description,
+        locate_rdf,
+    )
 
     rdf = locate_rdf(source)
     descr = load_description(rdf)
@@ -268,7 +292,9 @@ def _test_format(rdf: Path, descr: Any, fmt: str, device: str) -> bool:
         expected = _to_output_axes(expected, tensor, result.output_axes[key])
         got = np.asarray(result.outputs[key])
         if got.shape != expected.shape:
-            _say(f"{fmt}: output {key} has shape {got.shape}, expected {expected.shape}")
+            _say(
+                f"{fmt}: output {key} has shape {got.shape}, expected {expected.shape}"
+            )
             ok = False
             continue
         atol, rtol = _tolerances(descr, fmt, key)
@@ -293,7 +319,9 @@ def _test_image(data: Any, tensor: Any) -> Any:
     if "B" in letters:
         b = letters.index("B")
         if data.shape[b] != 1:
-            raise OncoAIError("test tensors with a batch of more than 1 are not supported")
+            raise OncoAIError(
+                "test tensors with a batch of more than 1 are not supported"
+            )
         data = data.take(0, axis=b)
         letters.pop(b)
     return ImageData(data, "".join(letters), name="test_input")
@@ -358,8 +386,11 @@ def models_list() -> int:
 
 
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--outdir", default="demo_output",
-                        help="where to write the outputs (default: ./demo_output)")
+    parser.add_argument(
+        "--outdir",
+        default="demo_output",
+        help="where to write the outputs (default: ./demo_output)",
+    )
     parser.add_argument("--model", default="oncoai-nuclei")
 
 
@@ -367,10 +398,10 @@ def run_demo(args: argparse.Namespace) -> int:
     """Segment the bundled sample with the bundled starter model, every format."""
     import tifffile
 
+    from model_zoo.config import PredictionConfig
     from model_zoo.outputs import write_result
     from model_zoo.plugins import get_registry
     from model_zoo.prediction import predict
-    from model_zoo.config import PredictionConfig
     from model_zoo.starter import nuclei_sample
 
     outdir = Path(args.outdir)
@@ -389,12 +420,16 @@ def run_demo(args: argparse.Namespace) -> int:
         ".tif": "nuclei_probability.tif",
         ".ome.zarr": "nuclei_probability.ome.zarr",
         ".npy": "nuclei_probability.npy",
+        ".zip": "nuclei_RoiSet.zip",
+        ".csv": "nuclei_measurements.csv",
     }
     registry = get_registry()
     for suffix in sorted(registry.writers):
         if suffix in (".tiff", ".ome.tif", ".ome.tiff", ".zarr", ".geojson.gz"):
             continue
-        names.setdefault(suffix, "nuclei" + (suffix if suffix[0] in "._" else "_" + suffix))
+        names.setdefault(
+            suffix, "nuclei" + (suffix if suffix[0] in "._" else "_" + suffix)
+        )
     for suffix, name in sorted(names.items()):
         path = write_result(result, outdir / name)
         _say(f"{suffix:<12} {path.resolve()}")
@@ -437,10 +472,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``oncoai``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    verbose = "-v" in argv or "--verbose" in argv
     logging.basicConfig(
-        level=logging.INFO if ("-v" in argv or "--verbose" in argv) else logging.WARNING,
+        level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Libraries' Python warnings (e.g. bioimageio.spec's notes on converting an
+    # old RDF) are nothing the user can act on: into the log, shown with -v, so
+    # that a refused command prints its one error line and nothing else.
+    logging.captureWarnings(True)
+    if not (verbose or debug):
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -12,7 +12,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 WeightsFormat = Literal[
-    "onnx", "torchscript", "pytorch_state_dict", "tensorflow_saved_model_bundle",
+    "onnx",
+    "torchscript",
+    "pytorch_state_dict",
+    "tensorflow_saved_model_bundle",
     "keras_hdf5",
 ]
 

@@ -61,7 +61,7 @@ class ImageData:
         if len(self.axes) != len(self.array.shape):
             raise OncoAIError(
                 f"axes {self.axes!r} have {len(self.axes)} letters but the image has "
-                f"{len(self.array.shape)} dimensions (shape {tuple(self.array.shape)}); "
+                f"{len(self.array.shape)} dimensions (shape {self.shape}); "
                 "give one letter per dimension with --axes, e.g. --axes CYX"
             )
         bad = set(self.axes) - set(AXES_LETTERS)
@@ -110,7 +110,7 @@ class ImageData:
         channel = "C" if "C" in axes else ("S" if "S" in axes else None)
         order = [a for a in "TZYX" if a in axes] + ([channel] if channel else [])
         array = np.transpose(array, [axes.index(a) for a in order])
-        spatial = array.shape[: -1] if channel else array.shape
+        spatial = array.shape[:-1] if channel else array.shape
         if tuple(spatial) != tuple(label_shape):
             return None, None
         return array, (array.ndim - 1 if channel else None)
@@ -206,7 +206,11 @@ def read_image(
         ) from exc
     if axes:
         image = ImageData(
-            image.array, axes, image.pixel_size, image.channel_names, path,
+            image.array,
+            axes,
+            image.pixel_size,
+            image.channel_names,
+            path,
             metadata=image.metadata,
         )
     image.path = path
@@ -264,14 +268,17 @@ def _read_tiff(path: Path, level: int) -> ImageData:
         pixel_size = _tiff_pixel_size(tif)
         metadata = _oncoai_metadata(tif)
         shape = series.levels[level].shape
-        # Reading one strip proves the file is not truncated before we commit to it.
-        series.levels[level].pages[0].asarray() if shape and np.prod(shape) < 2**26 else None
+        full_width = series.levels[0].shape[-1 if series.axes[-1] != "S" else -2]
+        if int(np.prod(shape)) < 2**26:
+            # Decoding a small image now turns a truncated or corrupt file into a
+            # clear error here rather than halfway through a prediction.
+            series.levels[level].asarray()
     store = tifffile.imread(path, aszarr=True, series=0, level=level)
     array = zarr.open(store, mode="r")
     axes = _map_tiff_axes(tiff_axes, shape)
     if level and pixel_size:
-        factor = (shape[axes.index("X")] or 1)
-        pixel_size = pixel_size if factor == 0 else pixel_size
+        factor = full_width / shape[axes.index("X")]
+        pixel_size = (pixel_size[0] * factor, pixel_size[1] * factor)
     return ImageData(array, axes, pixel_size=pixel_size, path=path, metadata=metadata)
 
 
@@ -314,7 +321,11 @@ def _tiff_pixel_size(tif: Any) -> tuple[float, float] | None:
                 per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit.value) if unit else 1)
                 if unit_name in ("micron", "um", "µm", "\\u00B5m"):
                     per_unit = 1.0
-                if per_unit:
+                # 72 and 96 dots per inch are screen defaults that many writers set
+                # without meaning a physical size.
+                dpi = (xn / xd) * 25400.0 / per_unit if per_unit else 0.0
+                screen = per_unit in (25400.0, 10000.0) and round(dpi) in (72, 96)
+                if per_unit and not screen:
                     return (per_unit * yd / yn, per_unit * xd / xn)
     except Exception:  # noqa: BLE001
         log.debug("could not read pixel size", exc_info=True)

@@ -42,10 +42,20 @@ FORMAT_NAMES = {
 }
 # On the CPU, ONNX Runtime ran the shared U-Net 2.2x faster than TorchScript.
 _PREFERENCE = {
-    "cpu": ["onnx", "torchscript", "pytorch_state_dict",
-            "tensorflow_saved_model_bundle", "keras_hdf5"],
-    "gpu": ["torchscript", "pytorch_state_dict", "onnx",
-            "tensorflow_saved_model_bundle", "keras_hdf5"],
+    "cpu": [
+        "onnx",
+        "torchscript",
+        "pytorch_state_dict",
+        "tensorflow_saved_model_bundle",
+        "keras_hdf5",
+    ],
+    "gpu": [
+        "torchscript",
+        "pytorch_state_dict",
+        "onnx",
+        "tensorflow_saved_model_bundle",
+        "keras_hdf5",
+    ],
 }
 _TF_FORMATS = {"tensorflow_saved_model_bundle", "keras_hdf5"}
 
@@ -352,7 +362,8 @@ def load_description(rdf: Path) -> Any:
     -------
     bioimageio.spec.model.v0_5.ModelDescr
     """
-    from bioimageio.spec import InvalidDescr, load_description as spec_load
+    from bioimageio.spec import InvalidDescr
+    from bioimageio.spec import load_description as spec_load
     from bioimageio.spec.model import v0_5
 
     version = _read_format_version(rdf)
@@ -408,9 +419,7 @@ def _explain_unconvertible(rdf: Path, spec_load: Any) -> None:
 def available_formats(descr: Any) -> list[str]:
     """Weight formats the description lists."""
     return [
-        name
-        for name in FORMAT_NAMES
-        if getattr(descr.weights, name, None) is not None
+        name for name in FORMAT_NAMES if getattr(descr.weights, name, None) is not None
     ]
 
 
@@ -533,7 +542,12 @@ def _is_trusted(rdf: Path) -> bool:
 
 
 def _make_runner(
-    fmt: str, entry: Any, path: Path, rdf: Path, descr: Any, device: str,
+    fmt: str,
+    entry: Any,
+    path: Path,
+    rdf: Path,
+    descr: Any,
+    device: str,
     trusted: bool,
 ) -> tuple[Any, int | None]:
     if fmt == "onnx":
@@ -556,34 +570,88 @@ def _cpu_threads() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
+def cpu_workers() -> tuple[int, int]:
+    """How many tiles run at once on the CPU, and threads per tile.
+
+    Independent tiles in parallel, one or two threads each, beat one tile with
+    every thread: on 2 cores the shared U-Net ran 1.4x (TorchScript) to 1.6x
+    (ONNX Runtime) faster that way.
+    """
+    cores = _cpu_threads()
+    workers = min(4, cores)
+    return workers, max(1, cores // workers)
+
+
+class _ParallelTiles:
+    """Runs the items of a batch through per-worker runners at the same time."""
+
+    def __init__(self, runners: list[Any], item_batch: int | None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        from queue import Queue
+
+        self._free: Queue[Any] = Queue()
+        for runner in runners:
+            self._free.put(runner)
+        self._pool = ThreadPoolExecutor(len(runners), thread_name_prefix="oncoai-tile")
+        self._item_batch = item_batch or 1
+        self.workers = len(runners)
+
+    def _one(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        runner = self._free.get()
+        try:
+            return runner(inputs)
+        finally:
+            self._free.put(runner)
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        n = inputs[0].shape[0]
+        step = self._item_batch
+        if n <= step or self.workers == 1 and n <= step:
+            return self._one(list(inputs))
+        parts = [[a[i : i + step] for a in inputs] for i in range(0, n, step)]
+        results = list(self._pool.map(self._one, parts))
+        return [np.concatenate([r[k] for r in results]) for k in range(len(results[0]))]
+
+
 def _onnx_runner(path: Path, device: str) -> tuple[Any, int | None]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = _cpu_threads()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
+    gpu = device.startswith("cuda")
+    workers, threads = (1, _cpu_threads()) if gpu else cpu_workers()
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if gpu:
         if "CUDAExecutionProvider" in ort.get_available_providers():
             index = device.split(":")[1] if ":" in device else "0"
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(index)}))
         else:
             log.warning("onnxruntime has no CUDA support here; ONNX runs on the CPU")
-    try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # noqa: BLE001
-        raise OncoAIError(
-            f"ONNX Runtime cannot load {path.name}: {' '.join(str(exc).split())[:200]}"
-        ) from exc
-    names = [i.name for i in session.get_inputs()]
-    batch_dims = [i.shape[0] for i in session.get_inputs()]
-    max_batch = batch_dims[0] if batch_dims and isinstance(batch_dims[0], int) else None
 
-    def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        feed = {n: np.ascontiguousarray(a) for n, a in zip(names, inputs)}
-        return list(session.run(None, feed))
+    def session() -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001
+            raise OncoAIError(
+                f"ONNX Runtime cannot load {path.name}: "
+                f"{' '.join(str(exc).split())[:200]}"
+            ) from exc
 
-    return run, max_batch
+    sessions = [session() for _ in range(workers)]
+    names = [i.name for i in sessions[0].get_inputs()]
+    batch_dim = sessions[0].get_inputs()[0].shape[0] if names else None
+    item_batch = batch_dim if isinstance(batch_dim, int) else None
+
+    def runner(sess: Any) -> Any:
+        def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+            feed = {n: np.ascontiguousarray(a) for n, a in zip(names, inputs)}
+            return list(sess.run(None, feed))
+
+        return run
+
+    # A fixed batch of 1 in the graph is served by splitting batches into items.
+    return _ParallelTiles([runner(s) for s in sessions], item_batch), None
 
 
 def _torch_device(device: str) -> Any:
@@ -599,7 +667,9 @@ def _torch_call(module: Any, device: str) -> Any:
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
-            tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in inputs]
+            tensors = [
+                torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in inputs
+            ]
             out = module(*tensors)
             if isinstance(out, torch.Tensor):
                 out = [out]
@@ -607,13 +677,16 @@ def _torch_call(module: Any, device: str) -> Any:
                 out = list(out.values())
             return [o.detach().float().cpu().numpy() for o in out]
 
-    return run
+    if device != "cpu":
+        return run
+    workers, threads = cpu_workers()
+    torch.set_num_threads(threads)
+    return _ParallelTiles([run] * workers, 1)
 
 
 def _torchscript_runner(path: Path, device: str) -> Any:
     import torch
 
-    torch.set_num_threads(_cpu_threads())
     try:
         module = torch.jit.load(str(path), map_location=_torch_device(device))
     except Exception as exc:  # noqa: BLE001
@@ -673,6 +746,8 @@ def _tensorflow_runner(descr: Any, fmt: str) -> Any:
             for a, t in zip(inputs, descr.inputs)
         ]
         outs = adapter.forward(*tensors)
-        return [o.data.to_numpy() if hasattr(o, "data") else np.asarray(o) for o in outs]
+        return [
+            o.data.to_numpy() if hasattr(o, "data") else np.asarray(o) for o in outs
+        ]
 
     return run

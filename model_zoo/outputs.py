@@ -146,8 +146,11 @@ def _tiff(
                 data,
                 imagej=True,
                 resolution=resolution,
-                metadata={"axes": ij_axes, "unit": "um" if pixel_size else None,
-                          "Info": text},
+                metadata={
+                    "axes": ij_axes,
+                    "unit": "um" if pixel_size else None,
+                    "Info": text,
+                },
                 extratags=extratags,
             )
         else:
@@ -167,7 +170,6 @@ def _imagej_order(array: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
 def _tiled_tiff(tmp, array, axes, text, extratags, resolution) -> None:
     import tifffile
 
-    lead = int(np.prod(array.shape[:-2]))
     h, w = array.shape[-2:]
     flat = array if array.ndim == 2 else None
 
@@ -185,7 +187,8 @@ def _tiled_tiff(tmp, array, axes, text, extratags, resolution) -> None:
     tifffile.imwrite(
         tmp,
         data=tiles(),
-        shape=(lead, h, w) if lead > 1 else (h, w),
+        # The full shape, so that the axes in the metadata match it.
+        shape=tuple(array.shape),
         dtype=array.dtype,
         tile=(_TILE, _TILE),
         bigtiff=True,
@@ -199,14 +202,21 @@ def write_zarr(result: PredictionResult, path: Path) -> None:
     """Every output as an OME-Zarr (v0.4) image with the provenance in attrs."""
     import zarr
 
+    from model_zoo.streaming import zarr_v2
+
     with atomic_path(path) as tmp:
-        root = zarr.open_group(str(tmp), mode="w")
+        root = zarr.open_group(str(tmp), mode="w", **zarr_v2())
         for key, array in result.outputs.items():
             axes = result.output_axes[key]
             group = root if len(result.outputs) == 1 else root.create_group(key)
-            chunks = tuple(1 if a in "TCZ" else min(512, s) for a, s in zip(axes, array.shape))
+            chunks = tuple(
+                1 if a in "TCZ" else min(512, s) for a, s in zip(axes, array.shape)
+            )
             target = group.create_dataset(
-                "0", shape=array.shape, chunks=chunks, dtype=array.dtype,
+                "0",
+                shape=array.shape,
+                chunks=chunks,
+                dtype=array.dtype,
                 overwrite=True,
             )
             _copy_blocks(array, target, axes)
@@ -247,7 +257,10 @@ def _multiscales(result: PredictionResult, key: str, axes: str) -> dict[str, Any
         "name": f"{result.image.name} · {result.provenance.get('model_name', '')}",
         "axes": axis_list,
         "datasets": [
-            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            {
+                "path": "0",
+                "coordinateTransformations": [{"type": "scale", "scale": scale}],
+            }
         ],
     }
 
@@ -274,4 +287,6 @@ def write_labels_tiff(result: PredictionResult, path: Path) -> None:
     """
     labels = result.instances.labels
     axes = "".join(a for a in "TZYX" if a in result.image.axes)[-labels.ndim :]
-    _tiff(labels.astype(np.int32), axes, path, result.provenance, result.image.pixel_size)
+    _tiff(
+        labels.astype(np.int32), axes, path, result.provenance, result.image.pixel_size
+    )

@@ -112,6 +112,9 @@ def _load_plugin(registry: Registry, ep: Any) -> None:
     try:
         ep.load()(registry)
     except Exception:  # noqa: BLE001
-        log.warning("OncoAI plugin %r failed to load; its commands and formats "
-                    "are missing (run with --verbose for details)", ep.name)
+        log.warning(
+            "OncoAI plugin %r failed to load; its commands and formats "
+            "are missing (run with --verbose for details)",
+            ep.name,
+        )
         log.info("plugin %r failed", ep.name, exc_info=True)

@@ -287,7 +287,6 @@ class PredictionJob:
         ]
         yield from _Runner(self, model, maps).run()
 
-
     def _images(self, model: Any) -> dict[str, ImageData]:
         ids = model.input_ids
         given = self._image
@@ -317,8 +316,13 @@ class PredictionJob:
         if isinstance(value, ImageData):
             if self.config.axes and self.config.axes != value.axes:
                 return ImageData(
-                    value.array, self.config.axes, value.pixel_size,
-                    value.channel_names, value.path, value.name, value.metadata,
+                    value.array,
+                    self.config.axes,
+                    value.pixel_size,
+                    value.channel_names,
+                    value.path,
+                    value.name,
+                    value.metadata,
                 )
             return value
         if isinstance(value, (str, Path)):
@@ -351,15 +355,14 @@ class _Runner:
     def _setup_processing(self) -> None:
         from bioimageio.core.proc_ops import get_proc
 
-        self.pre = [
-            get_proc(p, t) for t in self.descr.inputs for p in t.preprocessing
-        ]
+        self.pre = [get_proc(p, t) for t in self.descr.inputs for p in t.preprocessing]
         self.post = [
             get_proc(p, t) for t in self.descr.outputs for p in t.postprocessing
         ]
         output_ids = set(self.model.output_ids)
         self.post_needs_stats = any(
-            str(m.member_id) in output_ids for op in self.post
+            str(m.member_id) in output_ids
+            for op in self.post
             for m in op.required_measures
         )
 
@@ -382,7 +385,9 @@ class _Runner:
                     f"output {tensor.id!r} has a {letter} axis whose size does not "
                     "follow an input; OncoAI cannot tile such a model"
                 )
-            ref_axis = next(a for a in inputs[str(ref)].axes if str(a.id) == str(size.axis_id))
+            ref_axis = next(
+                a for a in inputs[str(ref)].axes if str(a.id) == str(size.axis_id)
+            )
             r = float(ref_axis.scale) / float(axis.scale)
             ratio[letter] = r
             shift[letter] = -float(size.offset) / 2.0
@@ -433,8 +438,13 @@ class _Runner:
                     )
             else:
                 target = requested or DEFAULT_TILE
-                tile = valid_size(min(target, _round_up(n, max(step, 16))), minimum, step, fixed)
-            halo = max(needed_halo.get(letter, 0), self.cfg.halo if self.cfg.halo is not None else DEFAULT_HALO)
+                tile = valid_size(
+                    min(target, _round_up(n, max(step, 16))), minimum, step, fixed
+                )
+            halo = max(
+                needed_halo.get(letter, 0),
+                self.cfg.halo if self.cfg.halo is not None else DEFAULT_HALO,
+            )
             align = _alignment(tile, step, fixed)
             halo = min(halo, max(0, (tile - align) // 2))
             plans[letter] = plan_axis(n, tile, halo, align)
@@ -464,21 +474,63 @@ class _Runner:
         total = len(frames) * (len(tiles) + 1)
         done = 0
         started = time.perf_counter()
+        self.batch_limit: int | None = None
         for frame in frames:
             job._check_cancel()
             yield Progress(done, total, f"statistics{_frame_label(frame)}")
             stats = self._frame_stats(frame)
             done += 1
-            for count in self._predict_frame(frame, plans, tiles, stats, store):
-                done += count
-                job._check_cancel()
-                yield Progress(done, total, f"tile {done}/{total}{_frame_label(frame)}")
+            frame_start = done
+            while True:
+                try:
+                    for count in self._predict_frame(frame, plans, tiles, stats, store):
+                        done += count
+                        job._check_cancel()
+                        yield Progress(
+                            done, total, f"tile {done}/{total}{_frame_label(frame)}"
+                        )
+                    break
+                except _OutOfMemory:
+                    plans = self._smaller(plans)
+                    tiles = _tile_grid(plans)
+                    done = frame_start
         if self.post_needs_stats:
             self._deferred_post(store, frames)
-        log.info("predicted %d tile(s) in %.2f s", total - len(frames),
-                 time.perf_counter() - started)
+        log.info(
+            "predicted %d tile(s) in %.2f s",
+            total - len(frames),
+            time.perf_counter() - started,
+        )
         job.result = self._result(store)
         yield Progress(total, total, "done")
+
+    def _smaller(self, plans: dict[str, AxisPlan]) -> dict[str, AxisPlan]:
+        """After an out-of-memory error: halve the batch, then the tile."""
+        self._release_memory()
+        batch = self.batch_limit or self._last_batch
+        if batch > 1:
+            self.batch_limit = batch // 2
+            log.warning(
+                "out of memory: retrying with %d tile(s) per batch", self.batch_limit
+            )
+            return plans
+        tile = min(p.tile for p in plans.values()) // 2
+        if tile < 64:
+            raise OncoAIError(
+                "out of memory even with 64 px tiles; use --device cpu or free GPU "
+                "memory"
+            )
+        log.warning("out of memory: retrying with %d px tiles", tile)
+        return self._plans(tile_override=tile)
+
+    def _release_memory(self) -> None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
     def _frames(self) -> list[dict[str, int]]:
         loop = self.first.loop_axes
@@ -516,7 +568,9 @@ class _Runner:
         from model_zoo.stats import compute_stats
 
         measures = {
-            m for op in self.pre for m in op.required_measures
+            m
+            for op in self.pre
+            for m in op.required_measures
             if str(m.member_id) in {im.member for im in self.maps}
         }
         if not measures:
@@ -524,11 +578,18 @@ class _Runner:
             measures_needed = False
         else:
             measures_needed = True
-        readers = {im.member: (_frame_reader(im, frame), im.model_dims) for im in self.maps}
+        readers = {
+            im.member: (_frame_reader(im, frame), im.model_dims) for im in self.maps
+        }
         y_len = self.first.image.size("Y")
-        row_values = max(1, self.first.image.size("X") * self.first.image.n_channels
-                         * self.first.image.size("Z") if "Z" in self.spatial else
-                         self.first.image.size("X") * self.first.image.n_channels)
+        row_values = max(
+            1,
+            self.first.image.size("X")
+            * self.first.image.n_channels
+            * self.first.image.size("Z")
+            if "Z" in self.spatial
+            else self.first.image.size("X") * self.first.image.n_channels,
+        )
         rows = max(1, _STATS_CHUNK_VALUES // row_values)
         total = y_len * row_values
 
@@ -574,22 +635,27 @@ class _Runner:
             op = remaining[0]
             need = {m for m in op.required_measures if m not in stats}
             if need:
-                def transformed(ops=tuple(applied), stat=dict(stats)):
-                    for chunk in chunks():
-                        yield self._apply_ops_to_chunk(chunk, ops, stat)
-
+                transformed = self._transformed_chunks(chunks, tuple(applied), stats)
                 stats.update(compute_stats(need, transformed, total))
             applied.append(op)
             remaining.pop(0)
         return {m: stats[m] for m in measures if m in stats}
 
+    def _transformed_chunks(self, chunks, ops, stats):
+        """Chunks as they look after ``ops``, for statistics that follow them."""
+        frozen = dict(stats)
+
+        def transformed():
+            for chunk in chunks():
+                yield self._apply_ops_to_chunk(chunk, ops, frozen)
+
+        return transformed
+
     def _apply_ops_to_chunk(self, chunk, ops, stat):
         sample = self._sample({k: v[0] for k, v in chunk.items()}, stat)
         for op in ops:
             op(sample)
-        return {
-            k: (sample.members[k].data.to_numpy(), chunk[k][1]) for k in chunk
-        }
+        return {k: (sample.members[k].data.to_numpy(), chunk[k][1]) for k in chunk}
 
     def _with_batch(self, data: np.ndarray, dims: list[str]) -> np.ndarray:
         letters_no_batch = [d for d in dims if d != "batch"]
@@ -597,13 +663,15 @@ class _Runner:
             return np.expand_dims(data, dims.index("batch"))
         return data
 
-    def _sample(self, members: Mapping[str, np.ndarray], stat: Mapping[Any, Any]) -> Any:
+    def _sample(
+        self, members: Mapping[str, np.ndarray], stat: Mapping[Any, Any]
+    ) -> Any:
         from bioimageio.core import Sample, Tensor
 
         dims_of = {im.member: im.model_dims for im in self.maps}
-        dims_of.update({
-            str(t.id): [str(a.id) for a in t.axes] for t in self.descr.outputs
-        })
+        dims_of.update(
+            {str(t.id): [str(a.id) for a in t.axes] for t in self.descr.outputs}
+        )
         tensors = {
             k: Tensor.from_numpy(v, dims=tuple(dims_of[k])) for k, v in members.items()
         }
@@ -620,7 +688,9 @@ class _Runner:
             per_tile = tile_values * 4 * 60
             size = int(max(1, min(8, free * 0.25 // max(per_tile, 1))))
             if self.model.device == "cpu":
-                size = min(size, 4)
+                from model_zoo.model import cpu_workers
+
+                size = min(size, 2 * cpu_workers()[0])
         if self.model.max_batch:
             size = min(size, self.model.max_batch)
         if "batch" not in self.first.model_dims:
@@ -632,6 +702,9 @@ class _Runner:
             1, self.first.image.n_channels
         )
         batch = self._batch_size(tile_values)
+        if self.batch_limit:
+            batch = min(batch, self.batch_limit)
+        self._last_batch = batch
         readers = {im.member: _frame_reader(im, frame) for im in self.maps}
         for i in range(0, len(tiles), batch):
             group = tiles[i : i + batch]
@@ -665,7 +738,11 @@ class _Runner:
             tensor = next(t for t in self.descr.outputs if str(t.id) == out.member)
             dims = [str(a.id) for a in tensor.axes]
             for b, tile in enumerate(group):
-                piece = np.take(data, b, axis=dims.index("batch")) if "batch" in dims else data
+                piece = (
+                    np.take(data, b, axis=dims.index("batch"))
+                    if "batch" in dims
+                    else data
+                )
                 self._write_tile(store[out.member], out, piece, tile, plans, frame)
 
     def _stack(self, arrays: list[np.ndarray], dims: list[str]) -> np.ndarray:
@@ -713,9 +790,7 @@ class _Runner:
                 dst[letter] = slice(None)
         data = piece[tuple(src)]
         axes = self.out_axes[out.member]
-        index = tuple(
-            frame[a] if a in frame else dst[a] for a in axes
-        )
+        index = tuple(frame[a] if a in frame else dst[a] for a in axes)
         order = [out.letters.index(a) for a in axes if a not in frame]
         target[index] = np.transpose(data, order)
 
@@ -755,9 +830,7 @@ class _Runner:
         for out in self.outputs:
             spatial = [a for a in self.out_axes[out.member] if a in out.ratio]
             scale[out.member] = tuple(1.0 / out.ratio[a] for a in spatial)
-            offset[out.member] = tuple(
-                (out.shift[a]) / out.ratio[a] for a in spatial
-            )
+            offset[out.member] = tuple((out.shift[a]) / out.ratio[a] for a in spatial)
         provenance = {
             **self.model.provenance(),
             "oncoai_version": __version__,
@@ -796,7 +869,9 @@ def _stardist_settings(model: Any) -> dict[str, Any]:
 
     cfg = _config_value(model.descr, "stardist") or {}
     cfg = dict(cfg) if isinstance(cfg, Mapping) else {}
-    thresholds = cfg.get("thresholds", {}) if isinstance(cfg.get("thresholds"), Mapping) else {}
+    thresholds = (
+        cfg.get("thresholds", {}) if isinstance(cfg.get("thresholds"), Mapping) else {}
+    )
     outputs = model.output_ids
     settings: dict[str, Any] = {
         "prob_output": outputs[0],
@@ -871,9 +946,11 @@ def _read_padded(read, tile, plans, model_letters) -> np.ndarray:
     letters = [a for a in model_letters if a != "B"]
     widths = [(0, pads.get(a, 0)) for a in letters]
     if any(w[1] for w in widths):
-        mode = "reflect" if all(
-            data.shape[i] > 1 for i, a in enumerate(letters) if pads.get(a)
-        ) else "edge"
+        mode = (
+            "reflect"
+            if all(data.shape[i] > 1 for i, a in enumerate(letters) if pads.get(a))
+            else "edge"
+        )
         data = np.pad(data, widths, mode=mode)
     return data
 

@@ -191,7 +191,9 @@ def _stardist_labels(result: PredictionResult, cfg: PredictionConfig) -> np.ndar
     settings = result.stardist or {}
     prob_id = settings.get("prob_output", result.main_output)
     dist_id = settings["dist_output"]
-    prob = np.take(result.outputs[prob_id], 0, axis=result.output_axes[prob_id].index("C"))
+    prob = np.take(
+        result.outputs[prob_id], 0, axis=result.output_axes[prob_id].index("C")
+    )
     dist_axes = result.output_axes[dist_id]
     dist = np.moveaxis(result.outputs[dist_id], dist_axes.index("C"), -1)
     return postprocess.stardist_to_labels(
@@ -243,8 +245,10 @@ def result_from_labels(
         image_data = ImageData(labels, spatial, pixel_size=pixel_size, name=name)
         intensity, channel_axis = None, None
     else:
-        image_data = image if isinstance(image, ImageData) else ImageData(
-            np.asarray(image), "", pixel_size=pixel_size, name=name
+        image_data = (
+            image
+            if isinstance(image, ImageData)
+            else ImageData(np.asarray(image), "", pixel_size=pixel_size, name=name)
         )
         if pixel_size is not None:
             image_data.pixel_size = pixel_size
@@ -279,7 +283,10 @@ def _measure(labels, intensity, channel_axis, probability, pixel_size):
 
     if labels.ndim <= 3:
         return postprocess.measure_instances(
-            labels, intensity, channel_axis=channel_axis, probability=probability,
+            labels,
+            intensity,
+            channel_axis=channel_axis,
+            probability=probability,
             pixel_size=pixel_size,
         )
     tables = []

@@ -185,7 +185,7 @@ def _quantile(acc: _Accumulator, q: float) -> np.ndarray:
 
 
 def _histogram_pass(groups, accs, dims_of, chunks) -> None:
-    for key, acc in accs.items():
+    for acc in accs.values():
         span = acc.hi - acc.lo
         exact = acc.integral and float(np.max(span)) < _INT_RANGE
         bins = int(np.max(span)) + 1 if exact else _HIST_BINS

@@ -21,9 +21,20 @@ import numpy as np
 IN_MEMORY_LIMIT = 64 * 2**20
 
 
+def zarr_v2() -> dict[str, Any]:
+    """Keyword arguments that make zarr 3 write the zarr v2 format, as zarr 2 does.
+
+    OME-Zarr 0.4 is defined on zarr v2, and ``compressor=`` is a v2 setting.
+    """
+    import zarr
+
+    major = int(zarr.__version__.split(".")[0])
+    return {"zarr_format": 2} if major >= 3 else {}
+
+
 @contextlib.contextmanager
 def disk_outputs(
-    folder: str | Path, limit: int = IN_MEMORY_LIMIT
+    folder: str | Path, limit: int | None = None
 ) -> Iterator[Callable[[str, tuple[int, ...], Any], Any]]:
     """Yield an output factory that puts large outputs in a temporary zarr store.
 
@@ -31,10 +42,14 @@ def disk_outputs(
     ----------
     folder : str or Path
         Where the temporary store goes (beside the final output, same disk).
-    limit : int
-        Outputs of more bytes than this go to disk.
+    limit : int or None
+        Outputs of more bytes than this go to disk; None reads
+        :data:`IN_MEMORY_LIMIT` at call time.
     """
     import zarr
+
+    if limit is None:
+        limit = IN_MEMORY_LIMIT
 
     tmp = Path(tempfile.mkdtemp(prefix=".oncoai-work-", dir=folder))
 
@@ -44,8 +59,14 @@ def disk_outputs(
             return np.zeros(shape, dtype=dtype)
         chunks = tuple(1 if i < len(shape) - 2 else 512 for i in range(len(shape)))
         return zarr.open(
-            str(tmp / f"{name}.zarr"), mode="w", shape=shape, chunks=chunks,
-            dtype=dtype, compressor=None, fill_value=0,
+            str(tmp / f"{name}.zarr"),
+            mode="w",
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            compressor=None,
+            fill_value=0,
+            **zarr_v2(),
         )
 
     try:

@@ -353,7 +353,9 @@ def result_layers(
                 "name": name,
                 "scale": grid.scale,
                 "translate": grid.translate,
-                "metadata": {"oncoai": _provenance(result, key, level, grid)},
+                "metadata": {
+                    "oncoai": _provenance(result, key, level, grid, input_grid)
+                },
                 "visible": not instances,
             }
             if result.task in ("denoise", "super-resolution"):
@@ -380,15 +382,20 @@ def _labels_layer(
         "scale": grid.scale,
         "translate": grid.translate,
         "features": table,
-        "metadata": {"oncoai": _provenance(result, key, level, grid)},
+        "metadata": {"oncoai": _provenance(result, key, level, grid, input_grid)},
     }
     return objects.labels, meta, "labels"
 
 
 def _provenance(
-    result: PredictionResult, key: str, level: int, grid: Grid
+    result: PredictionResult, key: str, level: int, grid: Grid, input_grid: Grid
 ) -> dict[str, Any]:
     info = dict(result.provenance)
+    size = result.image.pixel_size
+    if size:
+        # The pixel size of the full-resolution image the layer sits on.
+        fy, fx = input_grid.level0("Y")[0], input_grid.level0("X")[0]
+        info["pixel_size_um"] = [size[0] / fy, size[1] / fx]
     (py, oy), (px, ox) = grid.level0("Y"), grid.level0("X")
     x0, y0 = result.offset
     info.update(

@@ -113,19 +113,21 @@ def is_oncoai_output(path: Path) -> bool:
     """Tell cheaply whether ``path`` is a TIFF or zarr that OncoAI wrote."""
     name = path.name.lower()
     if path.is_dir():
-        return (name.endswith(".zarr") or (path / ".zattrs").exists()) and (
-            _zarr_attrs(path).get("oncoai") is not None
-        )
+        return _zarr_attrs(path).get("oncoai") is not None
     if path.is_file() and name.endswith(_TIFF_SUFFIXES):
         return bool(_tiff_provenance(path))
     return False
 
 
 def _zarr_attrs(path: Path) -> dict[str, Any]:
-    attrs = path / ".zattrs"
-    if not attrs.is_file():
+    """The attributes of a zarr group, format 3 (``zarr.json``) or 2."""
+    if (path / "zarr.json").is_file():
+        content = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+        content = content.get("attributes", {}) if isinstance(content, dict) else {}
+    elif (path / ".zattrs").is_file():
+        content = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+    else:
         return {}
-    content = json.loads(attrs.read_text(encoding="utf-8"))
     return content if isinstance(content, dict) else {}
 
 
@@ -157,10 +159,10 @@ def read_model(path: str | list[str]) -> LayerData:
         has none or could not be installed (the reason is shown as a
         notification).
     """
-    from model_zoo.cache import import_model
-    from model_zoo.errors import one_line
     from napari.utils.notifications import show_error, show_info
 
+    from model_zoo.cache import import_model
+    from model_zoo.errors import one_line
     from napari_oncoai._models import events
 
     target = Path(str(path[0] if isinstance(path, list | tuple) else path))
@@ -237,8 +239,9 @@ def read_output(path: str | list[str]) -> LayerData:
         A Labels layer for integer outputs, else one image layer per channel;
         ``[(None,)]`` after an error, which is shown as a notification.
     """
-    from model_zoo.errors import one_line
     from napari.utils.notifications import show_error
+
+    from model_zoo.errors import one_line
 
     target = Path(str(path[0] if isinstance(path, list | tuple) else path))
     try:
@@ -251,6 +254,7 @@ def read_output(path: str | list[str]) -> LayerData:
 
 def _output_layers(path: Path) -> LayerData:
     import dask.array as da
+
     from model_zoo.images import read_image
 
     image = read_image(path)
@@ -269,6 +273,9 @@ def _output_layers(path: Path) -> LayerData:
     n = data.shape[c]
     layers: LayerData = []
     for k in range(n):
-        meta = {"name": image.name + (f" · c{k}" if n > 1 else ""), "metadata": metadata}
+        meta = {
+            "name": image.name + (f" · c{k}" if n > 1 else ""),
+            "metadata": metadata,
+        }
         layers.append((data.take(k, axis=c) if n > 1 else data.squeeze(c), meta, kind))
     return layers

@@ -14,7 +14,10 @@ have yet.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +45,7 @@ from napari_oncoai._models import ModelInfo
 
 if TYPE_CHECKING:
     import napari
+
     from model_zoo.config import PredictionConfig
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,7 @@ class RunModelWidget(QWidget):
         self.refresh_models()
         self._refresh_layers()
         self._connect_viewer()
+        self.warmed_up = _warm_up()
 
     # -- building the form ------------------------------------------------------
 
@@ -221,8 +226,7 @@ class RunModelWidget(QWidget):
                 continue
             _add_header(combo, group)
             for model in members:
-                label = model.name + ("" if model.origin == "starter" else "")
-                combo.addItem(f"  {label}", model)
+                combo.addItem(f"  {model.name}", model)
                 combo.setItemData(
                     combo.count() - 1,
                     f"{model.source} ({model.origin})",
@@ -232,7 +236,11 @@ class RunModelWidget(QWidget):
         combo.addItem("  Choose a local model (zip or rdf.yaml)…", _CHOOSE_LOCAL)
         combo.addItem("  Fetch by bioimage.io id…", _FETCH)
         first = next(
-            (i for i in range(combo.count()) if isinstance(combo.itemData(i), ModelInfo)),
+            (
+                i
+                for i in range(combo.count())
+                if isinstance(combo.itemData(i), ModelInfo)
+            ),
             -1,
         )
         combo.setCurrentIndex(first)
@@ -424,7 +432,9 @@ class RunModelWidget(QWidget):
         if index < 0:
             from model_zoo.errors import OncoAIError
 
-            names = ", ".join(self.layer_combo.itemText(i) for i in range(self.layer_combo.count()))
+            names = ", ".join(
+                self.layer_combo.itemText(i) for i in range(self.layer_combo.count())
+            )
             raise OncoAIError(
                 f"no image layer named {name!r}; choose one of: {names or 'none'}"
             )
@@ -451,9 +461,10 @@ class RunModelWidget(QWidget):
         OncoAIError
             When no model is chosen or a value is out of range.
         """
+        from pydantic import ValidationError
+
         from model_zoo.config import PredictionConfig
         from model_zoo.errors import OncoAIError
-        from pydantic import ValidationError
 
         info = self.model()
         if info is None:
@@ -461,11 +472,13 @@ class RunModelWidget(QWidget):
                 "no model is chosen; pick one, or add one with 'Choose a local "
                 "model' or 'Fetch by bioimage.io id'"
             )
+        device = self.device_combo.currentText()
         try:
             return PredictionConfig(
                 model=info.source,
                 tile=self.tile_spin.value() or None,
-                device=self.device_combo.currentText(),
+                device=device,
+                batch_size=None if _on_gpu(device) else 1,
                 threshold=self.threshold_spin.value(),
                 split_touching=self.split_check.isChecked(),
                 min_size=self.min_size_spin.value(),
@@ -506,7 +519,9 @@ class RunModelWidget(QWidget):
 
                 raise OncoAIError("no image layer to run on; open an image first")
             level = self.level_spin.value()
-            image, grid = layer_to_image(layer, self.axes_edit.text().strip() or None, level)
+            image, grid = layer_to_image(
+                layer, self.axes_edit.text().strip() or None, level
+            )
             job = _new_job(config, image)
         except Exception as err:  # noqa: BLE001 - the user sees one line
             _report(err, "could not start")
@@ -554,21 +569,25 @@ class RunModelWidget(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _on_progress(self, step: Any) -> None:
-        if self._pbar is not None:
-            self._pbar.total = max(int(step.total), 1)
-            self._pbar.n = min(int(step.done), self._pbar.total)
-            self._pbar.set_description(f"OncoAI: {step.message}")
-            self._pbar.refresh()
         if not self._cancel_requested:
             self.status.setText(f"{step.message} ({step.done}/{step.total})")
+        pbar = self._pbar
+        total = max(int(step.total), 1)
+        # napari's progress bar processes Qt events whenever it changes, so the
+        # run may finish, and close the bar, between any two of these calls.
+        if pbar is not None and pbar.total != total:
+            pbar.total = total
+        if self._pbar is pbar and pbar is not None:
+            pbar.set_description(f"OncoAI: {step.message}")
+        if self._pbar is pbar and pbar is not None:
+            pbar.update(min(int(step.done), total) - pbar.n)
 
     def _on_returned(self, layers: list[Any]) -> None:
-        from napari.layers import Layer
-
         if self._cancel_requested:
             return
-        for data, meta, layer_type in layers:
-            self.viewer.add_layer(Layer.create(data, meta, layer_type))
+        self.cancel_button.setEnabled(False)
+        for layer in layers:
+            self.viewer.add_layer(layer)
         seconds = time.perf_counter() - self._started
         self.status.setText(f"Done in {seconds:.1f} s: {len(layers)} layer(s) added.")
         self._outcome = "done"
@@ -602,6 +621,59 @@ class RunModelWidget(QWidget):
         self.finished.emit(outcome)
 
 
+# Modules whose first import holds the GIL for a long time (torch's C++
+# start-up takes ~0.3 s); they are imported once, in the background, when the
+# widget opens, so that a run never freezes the viewer while importing them.
+_HEAVY_MODULES = ("torch", "onnxruntime", "bioimageio.core", "model_zoo.prediction")
+_warm = threading.Event()
+_warm_lock = threading.Lock()
+
+
+def _warm_up() -> threading.Event:
+    """Import the engine's heavy modules in a background thread, once.
+
+    Returns
+    -------
+    threading.Event
+        Set when the imports are done (or failed; a failure shows up again, as
+        a proper error, when a model runs).
+    """
+
+    def work() -> None:
+        for name in _HEAVY_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - reported when a model runs
+                log.debug("warm-up import of %s failed", name, exc_info=True)
+        _warm.set()
+
+    with _warm_lock:
+        if not _warm.is_set() and not any(
+            t.name == "oncoai-warm-up" for t in threading.enumerate()
+        ):
+            threading.Thread(target=work, name="oncoai-warm-up", daemon=True).start()
+    return _warm
+
+
+def _on_gpu(device: str) -> bool:
+    """Whether ``device`` runs on a GPU, without importing torch to find out.
+
+    On the CPU the widget runs one tile per batch: batches barely speed a CPU
+    up, and one tile is the longest a Cancel has to wait. For ``auto`` a GPU is
+    assumed only once torch is imported (by the warm-up) and sees one.
+    """
+    if device != "auto":
+        return device != "cpu"
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        mps = getattr(torch.backends, "mps", None)
+        return bool(torch.cuda.is_available() or (mps and mps.is_available()))
+    except Exception:  # noqa: BLE001 - a broken torch is reported when it runs
+        return False
+
+
 def _new_job(config: PredictionConfig, image: Any) -> Any:
     from model_zoo.prediction import PredictionJob
 
@@ -615,10 +687,15 @@ def _prediction_steps(
 
     Yields the engine's progress; returns the layer data tuples.
     """
+    from napari.layers import Layer
+
     from model_zoo.errors import CancelledError
     from model_zoo.prediction import Progress
-
-    from napari_oncoai._layers import INSTANCE_TASKS, result_layers, set_stardist_overlap
+    from napari_oncoai._layers import (
+        INSTANCE_TASKS,
+        result_layers,
+        set_stardist_overlap,
+    )
 
     last = Progress(0, 1, "starting")
     for last in job.run():
@@ -628,7 +705,12 @@ def _prediction_steps(
     if instances:
         yield Progress(last.done, last.total, "finding and measuring objects")
         set_stardist_overlap(result, overlap)
-    layers = result_layers(result, grid, input_name=input_name, instances=instances, level=level)
+    data = result_layers(
+        result, grid, input_name=input_name, instances=instances, level=level
+    )
+    # Building the layers here (contrast limits, the features table) leaves
+    # the main thread only the unavoidable work of showing them.
+    layers = [Layer.create(*layer) for layer in data]
     if job.cancelled:
         raise CancelledError("prediction cancelled; nothing was added")
     yield Progress(last.total, last.total, "adding layers")
@@ -666,8 +748,9 @@ def _escape(text: str) -> str:
 
 def _report(err: BaseException, what: str) -> None:
     """Show one line to the user; keep the traceback in the log."""
-    from model_zoo.errors import OncoAIError, one_line
     from napari.utils.notifications import show_error
+
+    from model_zoo.errors import OncoAIError, one_line
 
     log.error("OncoAI %s", what, exc_info=(type(err), err, err.__traceback__))
     if isinstance(err, OncoAIError):

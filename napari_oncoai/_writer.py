@@ -134,24 +134,57 @@ def layer_result(data: Any, meta: dict[str, Any]) -> Any:
     Returns
     -------
     PredictionResult
-        From :meth:`PredictionResult.from_labels`, with the provenance OncoAI
-        recorded in the layer's metadata when there is one.
+        From :meth:`PredictionResult.from_labels`, with the provenance and
+        pixel size OncoAI recorded in the layer's metadata when there are any.
+        Columns of a labels layer's ``features`` that the engine does not
+        measure from the labels alone (mean intensity, probability, class) are
+        added to the objects' table.
     """
     from model_zoo.result import PredictionResult
 
+    provenance = dict((meta.get("metadata") or {}).get("oncoai") or {})
     if "shape_type" in meta:
         labels, offset = shapes_to_labels(data, meta.get("shape_type"))
     elif "symbol" in meta:
         labels, offset = points_to_labels(np.asarray(data), meta.get("size", 10))
     else:
-        labels, offset = _labels_on_level0(np.asarray(data), meta)
-    provenance = dict((meta.get("metadata") or {}).get("oncoai") or {})
+        labels, offset = _labels_on_level0(np.asarray(data), provenance)
     provenance.setdefault("input", str(meta.get("name") or "napari layer"))
-    return PredictionResult.from_labels(labels, provenance=provenance, offset=offset)
+    size = provenance.get("pixel_size_um")
+    result = PredictionResult.from_labels(
+        labels,
+        provenance=provenance,
+        offset=offset,
+        pixel_size=(float(size[0]), float(size[1])) if size else None,
+        name=str(meta.get("name") or "labels"),
+    )
+    if "shape_type" not in meta and "symbol" not in meta:
+        _add_feature_columns(result.instances.table, meta.get("features"))
+    return result
+
+
+def _add_feature_columns(table: dict[str, np.ndarray], features: Any) -> None:
+    """Copy the layer's per-label columns that ``table`` lacks, row by label."""
+    if features is None or len(features) == 0:
+        return
+    columns = {str(k): np.asarray(features[k]) for k in features}
+    keys = columns.pop("index", columns.get("label"))
+    if keys is None:
+        return
+    rows = {int(k): i for i, k in enumerate(keys)}
+    wanted = [rows.get(int(label), -1) for label in table["label"]]
+    for name, values in columns.items():
+        if name in table or values.dtype.kind not in "biuf":
+            continue
+        filled = np.full(len(wanted), np.nan)
+        for out, row in enumerate(wanted):
+            if row >= 0:
+                filled[out] = values[row]
+        table[name] = filled
 
 
 def _labels_on_level0(
-    labels: np.ndarray, meta: dict[str, Any]
+    labels: np.ndarray, provenance: dict[str, Any]
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Resample labels OncoAI predicted on a coarser level onto level 0."""
     from model_zoo.errors import OncoAIError
@@ -161,7 +194,7 @@ def _labels_on_level0(
             f"a labels layer must hold integers; got {labels.dtype}. Convert it "
             "with layer.data = layer.data.astype(int)"
         )
-    level0 = ((meta.get("metadata") or {}).get("oncoai") or {}).get("level0")
+    level0 = provenance.get("level0")
     if not level0:
         return labels, (0.0, 0.0)
     (fy, fx), (y0, x0) = level0["pixel"], level0["origin"]

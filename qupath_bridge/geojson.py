@@ -1,4 +1,4 @@
-"""QuPath objects as GeoJSON: written the way QuPath's importer reads them, and read back.
+"""QuPath objects as GeoJSON, written the way QuPath's importer reads them.
 
 QuPath reads GeoJSON with its own Gson type adapters (``QuPathTypeAdapters`` and
 ``ROITypeAdapters`` in ``qupath-core``).  The rules that matter here:
@@ -27,8 +27,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -237,8 +235,9 @@ def feature(
         props["name"] = str(name)
     if classification_name is not None:
         props["classification"] = classification(classification_name, color)
-    if measurements:
-        props["measurements"] = clean_measurements(measurements)
+    values = clean_measurements(measurements or {})
+    if values:
+        props["measurements"] = values
     if metadata:
         props["metadata"] = {str(k): _metadata_text(v) for k, v in metadata.items()}
     if children:
@@ -407,7 +406,8 @@ def instances_to_features(
 
     labels = np.asarray(instances.labels)
     axes = (axes or {2: "YX", 3: "ZYX", 4: "TZYX"}.get(labels.ndim, "")).upper()
-    rows = ObjectRows(instances.table, measurement_names(instances.table, channel_names))
+    names = measurement_names(instances.table, channel_names)
+    rows = ObjectRows(instances.table, names)
     nucleus_rows = None
     if nuclei is not None:
         if np.shape(nuclei.labels) != labels.shape:
@@ -620,7 +620,7 @@ def result_to_features(
     region: BaseGeometry | None = None,
     plane: Mapping[str, int] | None = None,
     cell_expansion: float = 0.0,
-    class_name: str = "Nucleus",
+    class_name: str | None = None,
     simplify: float = 0.5,
 ) -> list[dict[str, Any]]:
     """A prediction's objects under one annotation, ready for QuPath.
@@ -641,8 +641,9 @@ def result_to_features(
     cell_expansion : float
         When > 0, grow each nucleus by this many pixels into a cell and write
         ``cell`` objects with both outlines.
-    class_name : str
-        Class of objects that have none of their own.
+    class_name : str, optional
+        Class of objects that have none of their own; ``Nucleus`` for
+        detections and ``Cell`` for cells by default.
     simplify : float
         Outline simplification tolerance in pixels.
 
@@ -658,10 +659,11 @@ def result_to_features(
     covered = box(x0, y0, x0 + width, y0 + height)
     axes = _label_axes(result, labels.ndim)
     channel_names = getattr(result.image, "channel_names", None)
+    default_class = "Cell" if cell_expansion > 0 else "Nucleus"
     kwargs = dict(
         axes=axes,
         channel_names=channel_names,
-        class_name=class_name,
+        class_name=class_name or default_class,
         within=region,
         simplify=simplify,
     )
@@ -771,14 +773,10 @@ def write_geojson(
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    from model_zoo.outputs import atomic_path
+
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
 
 
 def write_result_geojson(result: PredictionResult, path: Path) -> None:
@@ -1171,7 +1169,8 @@ def _areal_part(geometry: BaseGeometry) -> BaseGeometry | None:
     if geometry.geom_type in ("Polygon", "MultiPolygon"):
         return geometry if geometry.area > 0 else None
     if geometry.geom_type == "GeometryCollection":
-        parts = [g for g in geometry.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+        areal = ("Polygon", "MultiPolygon")
+        parts = [g for g in geometry.geoms if g.geom_type in areal]
         merged = shapely.union_all(parts) if parts else None
         return merged if merged is not None and merged.area > 0 else None
     return None

@@ -295,3 +295,224 @@ def locate_image(
                 log.info("image %s found at %s", uri, candidate)
             return candidate.resolve()
     return None
+
+
+# --------------------------------------------------------------------------
+# Running a model over a project
+# --------------------------------------------------------------------------
+
+IMPORT_SCRIPT = "import_oncoai_results.groovy"
+
+
+def image_for_entry(entry: ProjectImage) -> Any:
+    """Open an entry's image, with the channel names and pixel size QuPath knows.
+
+    Raises
+    ------
+    OncoAIError
+        When the image cannot be found on this machine.
+    """
+    from model_zoo.images import read_image
+
+    if entry.path is None:
+        raise OncoAIError(
+            f"image {entry.name!r} (entry {entry.entry_id}) not found: its URI is "
+            f"{entry.uri!r} and no file of that name is in or beside the project; "
+            "copy the image there or fix the URI in QuPath"
+        )
+    image = read_image(entry.path)
+    if entry.channel_names and len(entry.channel_names) == image.n_channels:
+        image.channel_names = list(entry.channel_names)
+    if image.pixel_size is None and entry.pixel_size is not None:
+        image.pixel_size = entry.pixel_size
+    return image
+
+
+def annotations_for(entry: ProjectImage, folder: Path | None) -> list[Any] | None:
+    """The regions exported from QuPath for one image, or None to run on all of it.
+
+    Looks in ``folder`` for ``<image stem>.geojson``, ``<image name>.geojson``
+    or ``<entry id>.geojson`` (also ``.json``, ``.geojson.gz`` and ``.zip``).
+    """
+    from qupath_bridge.geojson import read_geojson, regions_from_objects
+
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise OncoAIError(
+            f"--annotations must be a folder of GeoJSON files; got {str(folder)!r}"
+        )
+    for stem in (entry.stem, entry.name, entry.entry_id):
+        for suffix in (".geojson", ".json", ".geojson.gz", ".zip"):
+            candidate = folder / f"{stem}{suffix}"
+            if candidate.is_file():
+                regions = regions_from_objects(read_geojson(candidate))
+                log.info("%s: %d region(s) in %s", entry.name, len(regions), candidate)
+                return regions
+    return None
+
+
+def output_name(entry: ProjectImage, taken: set[str], suffix: str = ".geojson") -> str:
+    """A file name after the image; the entry id is added if two images share it."""
+    name = f"{entry.stem}{suffix}"
+    if name.lower() in taken:
+        name = f"{entry.stem}_{entry.entry_id}{suffix}"
+    taken.add(name.lower())
+    return name
+
+
+def run_project(
+    project: QuPathProject,
+    config: Any,
+    output: Path,
+    *,
+    annotations: Path | None = None,
+    cell_expansion: float = 0.0,
+    collection: bool = True,
+    report: Any = None,
+) -> list[tuple[ProjectImage, Path]]:
+    """Run a model on every image of a project and write one GeoJSON per image.
+
+    Parameters
+    ----------
+    project : QuPathProject
+        The project.
+    config : PredictionConfig
+        What to run.
+    output : Path
+        The folder for the GeoJSON files; created when missing.
+    annotations : Path, optional
+        A folder of GeoJSON annotations exported from QuPath, one file per image
+        (see :func:`annotations_for`); images without one run whole.
+    cell_expansion : float
+        Grow nuclei by this many pixels into cells.
+    collection : bool
+        Write FeatureCollections (True) or bare arrays of features.
+    report : callable, optional
+        Called with one line of text per step.
+
+    Returns
+    -------
+    list of (ProjectImage, Path)
+        Each image and the GeoJSON written for it.
+
+    Raises
+    ------
+    OncoAIError
+        For the first image that cannot be found or run; files already written
+        for earlier images are complete and stay.
+    """
+    from qupath_bridge.geojson import write_geojson
+    from qupath_bridge.runner import RegionPrediction
+
+    say = report or log.info
+    if not project.images:
+        raise OncoAIError(f"project {str(project.path)!r} has no images")
+    output.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[ProjectImage, Path]] = []
+    taken: set[str] = set()
+    suffix = ".geojson"
+    for number, entry in enumerate(project.images, start=1):
+        image = image_for_entry(entry)
+        regions = annotations_for(entry, annotations)
+        features: list[dict[str, Any]] = []
+        for region in regions if regions is not None else [None]:
+            prediction = RegionPrediction(
+                config, image, annotation=region, cell_expansion=cell_expansion
+            )
+            for _ in prediction.run():
+                pass
+            features += prediction.features or []
+        count = sum(len(f["properties"].get("childObjects", [])) for f in features)
+        target = write_geojson(
+            features, output / output_name(entry, taken, suffix), collection=collection
+        )
+        say(f"[{number}/{len(project.images)}] {entry.name}: {count} objects: {target}")
+        written.append((entry, target))
+    return written
+
+
+def write_import_script(written: list[tuple[ProjectImage, Path]], output: Path) -> Path:
+    """Write the Groovy script that imports the GeoJSON files into the project.
+
+    The script is ``scripts/oncoai_import_results.groovy`` with its ``RESULTS``
+    map filled in with each entry id and the absolute path of its file.
+    """
+    from importlib.resources import files
+
+    template = (
+        files("qupath_bridge") / "scripts" / "oncoai_import_results.groovy"
+    ).read_text(encoding="utf-8")
+    marker = "def RESULTS = [:]"
+    if marker not in template:
+        raise OncoAIError("the packaged import script lacks its RESULTS line")
+    entries = ",\n    ".join(
+        f"{_groovy_string(entry.entry_id)}: {_groovy_string(str(path.resolve()))}"
+        for entry, path in written
+    )
+    script = template.replace(marker, f"def RESULTS = [\n    {entries}\n]", 1)
+    target = output / IMPORT_SCRIPT
+    _write_text(target, script)
+    return target
+
+
+def _groovy_string(text: str) -> str:
+    # Single quotes: no $ interpolation in Groovy; escape backslash and quote.
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _write_text(path: Path, text: str) -> None:
+    from model_zoo.outputs import atomic_path
+
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def qupath_installation() -> str | None:
+    """Where paquo finds QuPath, or None when paquo or QuPath is missing."""
+    try:
+        from paquo._config import settings, to_kwargs
+        from paquo.jpype_backend import find_qupath
+    except ImportError:
+        return None
+    try:
+        return str(find_qupath(**to_kwargs(settings))[0])
+    except (ValueError, OSError, RuntimeError):
+        return None
+
+
+def write_with_paquo(
+    project: QuPathProject, written: list[tuple[ProjectImage, Path]]
+) -> int:
+    """Add the objects straight into the project's data files, through paquo.
+
+    Needs the ``[qupath]`` extra and a QuPath installation that paquo finds.
+
+    Returns
+    -------
+    int
+        The number of images updated.
+    """
+    from qupath_bridge.geojson import load_geojson
+
+    if qupath_installation() is None:
+        raise OncoAIError(
+            "--write-project needs paquo and a QuPath installation: install "
+            "OncoAI's [qupath] extra and QuPath, or import the GeoJSON files with "
+            f"the {IMPORT_SCRIPT} script instead"
+        )
+    from paquo.projects import QuPathProject as PaquoProject
+
+    files = {entry.entry_id: path for entry, path in written}
+    updated = 0
+    with PaquoProject(str(project.path), mode="r+") as paquo_project:
+        for image in paquo_project.images:
+            path = files.get(str(image.entry_id))
+            if path is None:
+                continue
+            document = load_geojson(path)
+            if isinstance(document, dict):
+                document = document.get("features", [document])
+            image.hierarchy.load_geojson(list(document), raise_on_skip=True)
+            updated += 1
+    return updated

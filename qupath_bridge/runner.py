@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 Box = tuple[int, int, int, int]
 """``(x, y, width, height)`` in level-0 pixels."""
 
+CONTEXT = 32
+"""Pixels of context around a region, on each side."""
+
 
 def clip_box(
     x: float, y: float, width: float, height: float, image_size: tuple[int, int]
@@ -56,8 +59,7 @@ def clip_box(
     y1 = min(image_h, int(np.ceil(y + height)))
     if x1 <= x0 or y1 <= y0:
         raise OncoAIError(
-            f"region {[x, y, width, height]} lies outside the {image_w}x{image_h} "
-            "image"
+            f"region {[x, y, width, height]} lies outside the {image_w}x{image_h} image"
         )
     return x0, y0, x1 - x0, y1 - y0
 
@@ -132,9 +134,14 @@ class RegionPrediction:
         The region to run in: the model sees its bounding box, and only objects
         whose centroid lies inside are kept.  Its plane picks the z or t plane.
     box : tuple of int, optional
-        ``(x, y, width, height)`` to run in when there is no annotation.
+        ``(x, y, width, height)`` to run in when there is no annotation: the
+        model sees exactly this rectangle, and every object found in it is kept.
     cell_expansion : float
         Grow nuclei by this many pixels into cells (0: nuclei only).
+    context : int
+        Pixels of image around an annotation that the model also sees, so that
+        objects on its edge are outlined whole; objects are kept when their
+        centroid lies in the annotation.
 
     Attributes
     ----------
@@ -152,18 +159,32 @@ class RegionPrediction:
         annotation: Any = None,
         box: Box | None = None,
         cell_expansion: float = 0.0,
+        context: int = CONTEXT,
     ) -> None:
+        from shapely.geometry import box as rectangle
+
         self.config = config
         self.image = image
         self.annotation = annotation
         self.cell_expansion = cell_expansion
         size = (image.size("X"), image.size("Y"))
+        self.region = None
+        self.box = None
         if annotation is not None:
-            x0, y0, x1, y1 = annotation.geometry.bounds
-            box = clip_box(x0, y0, x1 - x0, y1 - y0, size)
+            self.region = annotation.geometry
+            x0, y0, x1, y1 = self.region.bounds
+            # Objects cut by the annotation's edge are seen whole by the model.
+            self.box = clip_box(
+                x0 - context,
+                y0 - context,
+                x1 - x0 + 2 * context,
+                y1 - y0 + 2 * context,
+                size,
+            )
         elif box is not None:
-            box = clip_box(*box, size)
-        self.box = box
+            self.box = clip_box(*box, size)
+            x, y, w, h = self.box
+            self.region = rectangle(x, y, x + w, y + h)
         self._job: Any = None
         self._cancelled = False
         self.features: list[dict[str, Any]] | None = None
@@ -204,10 +225,9 @@ class RegionPrediction:
         if self.result is None:
             raise OncoAIError("the prediction ended without a result")
         yield 0.92, "outlining objects"
-        region = self.annotation.geometry if self.annotation is not None else None
         self.features = result_to_features(
             self.result,
-            region=region,
+            region=self.region,
             plane=self.plane,
             cell_expansion=self.cell_expansion,
         )

@@ -60,6 +60,8 @@ MAX_WAITING = 256
 """Jobs that may wait in the queues at once; more get 503."""
 KEEP_FINISHED = 256
 """Finished jobs kept for ``GET /jobs/{id}``; the oldest are forgotten."""
+KEEP_RESULTS = 16
+"""Finished jobs whose GeoJSON is kept in memory; older results expire."""
 
 
 # --------------------------------------------------------------------------
@@ -96,11 +98,8 @@ class JobRequest:
     annotation: Any = None
     outputs: list[Path] = field(default_factory=list)
     cell_expansion: float = 0.0
-
-    @property
-    def device(self) -> str:
-        """The device the job asks for; jobs on one device run one at a time."""
-        return str(self.params.get("device", "auto"))
+    device: str = "cpu"
+    """The concrete device (``auto`` resolved); one job at a time runs on each."""
 
 
 @dataclass
@@ -118,6 +117,7 @@ class Job:
     result: dict[str, Any] | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     objects: int | None = None
+    expired: bool = False
     _cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def on_cancel(self, hook: Callable[[], None]) -> None:
@@ -185,7 +185,9 @@ class JobQueue:
         if device not in self._queues:
             jobs: queue.Queue[Job | None] = queue.Queue()
             thread = threading.Thread(
-                target=self._work, args=(device, jobs), name=f"oncoai-{device}",
+                target=self._work,
+                args=(device, jobs),
+                name=f"oncoai-{device}",
                 daemon=True,
             )
             self._queues[device] = jobs
@@ -197,6 +199,11 @@ class JobQueue:
         finished = [j for j in self._jobs.values() if j.finished is not None]
         for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._jobs[job.id]
+        # Whole-slide results can be large: only the newest stay in memory.
+        kept = [j for j in finished if j.result is not None]
+        for job in kept[: max(0, len(kept) - KEEP_RESULTS)]:
+            job.result = None
+            job.expired = True
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None."""
@@ -228,6 +235,7 @@ class JobQueue:
         job.state = state
         job.message = message
         job.finished = time.time()
+        self._forget_old()
 
     def _work(self, device: str, jobs: queue.Queue[Job | None]) -> None:
         while True:
@@ -275,7 +283,8 @@ class JobQueue:
             return
         with self._lock:
             job.progress = 1.0
-            self._finish(job, "done", "done")
+            found = f": {job.objects} objects" if job.objects is not None else ""
+            self._finish(job, "done", "done" + found)
         log.info("job %s done", job.id)
 
     def close(self) -> None:
@@ -332,7 +341,8 @@ def parse_job_request(body: Any) -> JobRequest:
     unknown = sorted(set(body) - _BODY_KEYS)
     if unknown:
         raise RequestError(
-            f"unknown field(s) {', '.join(unknown)}; use {', '.join(sorted(_BODY_KEYS))}"
+            f"unknown field(s) {', '.join(unknown)}; known fields are "
+            f"{', '.join(sorted(_BODY_KEYS))}"
         )
     image = _check_image(body.get("image"))
     model = body.get("model")
@@ -355,6 +365,7 @@ def parse_job_request(body: Any) -> JobRequest:
         annotation=annotation,
         outputs=_check_outputs(body.get("outputs")),
         cell_expansion=_check_expansion(body.get("cell_expansion")),
+        device=_check_device(params.get("device", "auto")),
     )
 
 
@@ -438,7 +449,9 @@ def _check_annotation(value: Any) -> Any:
     return regions[0]
 
 
-def _check_region(value: Any, width: int, height: int) -> tuple[int, int, int, int] | None:
+def _check_region(
+    value: Any, width: int, height: int
+) -> tuple[int, int, int, int] | None:
     from qupath_bridge.runner import clip_box
 
     if value is None:
@@ -484,6 +497,16 @@ def _check_outputs(value: Any) -> list[Path]:
     return outputs
 
 
+def _check_device(device: str) -> str:
+    from model_zoo.model import resolve_device
+
+    try:
+        resolved = resolve_device(device)
+    except OncoAIError as exc:
+        raise RequestError(one_line(exc)) from exc
+    return "cuda:0" if resolved == "cuda" else resolved
+
+
 def _check_expansion(value: Any) -> float:
     if value is None:
         return 0.0
@@ -509,7 +532,6 @@ def run_prediction(job: Job) -> Iterator[tuple[float, str]]:
     """
     from model_zoo.config import PredictionConfig
     from model_zoo.images import read_image
-
     from qupath_bridge.geojson import feature_collection
     from qupath_bridge.runner import RegionPrediction
 
@@ -523,7 +545,9 @@ def run_prediction(job: Job) -> Iterator[tuple[float, str]]:
         cell_expansion=request.cell_expansion,
     )
     job.on_cancel(prediction.cancel)
-    yield from prediction.run()
+    share = 0.95 if request.outputs else 1.0
+    for fraction, message in prediction.run():
+        yield share * fraction, message
     features = prediction.features or []
     job.objects = len(features[0]["properties"].get("childObjects", []))
     job.result = feature_collection(features)
@@ -691,6 +715,12 @@ def create_app(
         job, missing = _job_or_404(request)
         if missing:
             return missing
+        if job.expired:
+            return _error(
+                410,
+                f"the result of job {job.id} expired; only the newest "
+                f"{KEEP_RESULTS} results are kept. Run the job again",
+            )
         if job.state != "done" or job.result is None:
             reason = f": {job.error}" if job.error else ""
             return _error(409, f"job {job.id} is {job.state}{reason}; no result yet")
@@ -722,9 +752,7 @@ def list_available_models() -> list[dict[str, Any]]:
     from model_zoo.cache import list_models
     from model_zoo.starter import STARTER_MODELS
 
-    found = [
-        {"id": name, "name": name, "source": "starter"} for name in STARTER_MODELS
-    ]
+    found = [{"id": name, "name": name, "source": "starter"} for name in STARTER_MODELS]
     for model in list_models():
         found.append(
             {
@@ -841,7 +869,9 @@ def serve(
     check_host(host, allow_remote)
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    # Clients on this machine reach an all-interfaces bind through loopback.
+    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    shown = f"[{local}]" if ":" in local else local
     url = f"http://{shown}:{bound_port}"
     token, folder = write_service_files(url)
     jobs = JobQueue()
@@ -849,22 +879,45 @@ def serve(
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     )
-    log.warning(
-        "OncoAI service listening on %s; token in %s", url, folder / TOKEN_FILE
-    )
+    log.warning("OncoAI service listening on %s; token in %s", url, folder / TOKEN_FILE)
+    stop_on_sigterm()
     try:
         server.run(sockets=[sock])
+    except (KeyboardInterrupt, ServiceStopped):
+        # uvicorn shut down cleanly, then re-raised the signal that stopped it.
+        pass
     finally:
         jobs.close()
         remove_service_files(folder)
         sock.close()
+    log.warning("OncoAI service stopped")
     return 0
+
+
+class ServiceStopped(BaseException):
+    """Raised by SIGTERM once uvicorn has shut down, so that clean-up runs."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`ServiceStopped` (main thread only)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise ServiceStopped()
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add ``oncoai serve``'s options."""
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})"
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)",
     )
     parser.add_argument(
         "--host",
@@ -885,15 +938,3 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     return serve(args.host, args.port, allow_remote=args.allow_remote)
-
-
-if __name__ == "__main__":
-    import sys
-
-    _parser = argparse.ArgumentParser(prog="oncoai serve")
-    configure(_parser)
-    try:
-        sys.exit(run(_parser.parse_args()))
-    except OncoAIError as _exc:
-        sys.stderr.write(f"error: {one_line(_exc)}\n")
-        sys.exit(2)

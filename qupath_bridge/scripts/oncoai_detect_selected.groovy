@@ -139,7 +139,7 @@ class OncoAIService {
     }
 }
 
-static String imagePath(def server) {
+String imagePath(def server) {
     def uris = server.getURIs()
     if (uris == null || uris.isEmpty())
         throw new IllegalStateException("OncoAI needs an image stored in a file; this image has no URI")

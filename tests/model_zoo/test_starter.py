@@ -212,9 +212,7 @@ def test_package_validates_with_bioimageio_spec(rdf: Path) -> None:
     }
 
 
-def test_every_sha256_in_the_rdf_matches_its_file(
-    rdf: Path, rdf_content: dict
-) -> None:
+def test_every_sha256_in_the_rdf_matches_its_file(rdf: Path, rdf_content: dict) -> None:
     entries = [t["test_tensor"] for t in rdf_content["inputs"]]
     entries += [t["test_tensor"] for t in rdf_content["outputs"]]
     entries += list(rdf_content["weights"].values())
@@ -335,6 +333,60 @@ def test_segments_the_real_stardist_image(
     f1 = _real_f1(truth, predicted)
     print(f"F1 at IoU 0.5 on stardist_img2d.tif: {f1:.3f}")
     assert f1 >= REAL_F1_FLOOR
-    assert f1 == pytest.approx(
-        train_nuclei.f1_at_iou(truth, predicted), abs=1e-12
-    ), "the two F1 counts disagree"
+    assert f1 == pytest.approx(train_nuclei.f1_at_iou(truth, predicted), abs=1e-12), (
+        "the two F1 counts disagree"
+    )
+
+
+# --- export ------------------------------------------------------------------
+
+
+def _untrained_report() -> train_nuclei.TrainingReport:
+    return train_nuclei.TrainingReport(
+        steps=1,
+        seed=0,
+        seconds=0.0,
+        parameters=0,
+        pool_size=1,
+        crop=64,
+        batch_size=1,
+        learning_rate=1e-3,
+    )
+
+
+@pytest.mark.slow
+def test_export_writes_a_valid_package(tmp_path: Path) -> None:
+    from bioimageio.spec import load_model_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
+
+    torch.manual_seed(0)
+    network = train_nuclei.NucleiUNet(**export.UNET_KWARGS).eval()
+    out = tmp_path / "package"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older export")
+
+    rdf = export.export_package(network, _untrained_report(), out)
+
+    descr = load_model_description(rdf, perform_io_checks=True)
+    assert isinstance(descr, ModelDescr), descr.validation_summary.format()
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["package"]
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+    def refuse(rdf: Path) -> None:
+        assert (Path(rdf).parent / "weights.pt").is_file()
+        raise OncoAIError("not a valid model")
+
+    monkeypatch.setattr(export, "validate_package", refuse)
+    monkeypatch.setattr(export, "_export_onnx", lambda network, path: path.touch())
+    out = tmp_path / "package"
+    out.mkdir()
+    (out / "kept.txt").write_text("the previous package")
+    network = train_nuclei.NucleiUNet(**export.UNET_KWARGS).eval()
+
+    with pytest.raises(OncoAIError, match="not a valid model"):
+        export.export_package(network, _untrained_report(), out)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["package"]
+    assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]

@@ -1,0 +1,565 @@
+"""Tiny bioimage.io spec-0.5 model packages, built in a test's temporary folder.
+
+Each builder scripts a small torch module with TorchScript, saves it, writes test
+tensors that the module itself produced, and writes an RDF (as a YAML dict) with
+the right sha256 of every file.  Every package is validated with bioimageio.spec,
+IO checks included, so a broken RDF fails here, loudly, and not in the test that
+uses it.
+
+The modules use 3×3(×3) convolutions with reflect padding and no downsampling:
+with a halo of at least one pixel, a tiled run then equals a whole-image run
+exactly, borders included, so tests can compare with the module run directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+PYTORCH_VERSION = torch.__version__.split("+")[0]
+# Percentiles of the scale_range model, as the RDF declares them.
+SCALE_RANGE_PERCENTILES = (1.0, 99.0)
+SCALE_RANGE_EPS = 1e-6
+
+
+def sha256(path: Path) -> str:
+    """The hex sha256 of a file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class TinyModel:
+    """A tiny model package on disk and the module it holds.
+
+    Attributes
+    ----------
+    folder : Path
+        The package folder.
+    rdf : Path
+        Its ``rdf.yaml``.
+    module : torch.jit.ScriptModule
+        The scripted module, to run directly on whole images.
+    input_ids, output_ids : list of str
+        Tensor ids, in the model's order.
+    """
+
+    folder: Path
+    rdf: Path
+    module: Any
+    input_ids: list[str] = field(default_factory=list)
+    output_ids: list[str] = field(default_factory=list)
+
+    def forward(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Run the module on whole arrays in the model's layout, batch included."""
+        with torch.inference_mode():
+            out = self.module(
+                *[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+            )
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        return [o.numpy() for o in out]
+
+    def run_yx(self, image: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+        """Run a single-input 2D (or 3D) module on one image; returns C(Z)YX.
+
+        Parameters
+        ----------
+        image : array, (C)(Z)YX
+            Without batch; a missing channel axis is added.
+        channel_axis : int or None
+            Where the channels are, when not first.
+        """
+        data = np.asarray(image, dtype=np.float32)
+        if channel_axis is None:
+            data = data[np.newaxis]
+        elif channel_axis != 0:
+            data = np.moveaxis(data, channel_axis, 0)
+        return self.forward(data[np.newaxis])[0][0]
+
+
+# -- modules ---------------------------------------------------------------------
+
+
+class _Conv2d(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x))
+
+
+class _Conv3d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 1, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x))
+
+
+class _Upsample2(nn.Module):
+    """A 3×3 convolution, then each pixel repeated 2×2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.repeat_interleave(torch.repeat_interleave(y, 2, dim=2), 2, dim=3)
+
+
+class _TwoInTwoOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")
+
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.conv(a) + b, a * b
+
+
+ARCHITECTURE_SOURCE = '''"""The architecture of the tiny state-dict test model."""
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, channels: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x))
+'''
+
+
+# -- RDF pieces ------------------------------------------------------------------
+
+
+def _channel(names: list[str]) -> dict[str, Any]:
+    return {"type": "channel", "channel_names": names}
+
+
+def _space_in(axis: str, size: Any) -> dict[str, Any]:
+    return {"type": "space", "id": axis, "size": size}
+
+
+def _space_out(axis: str, ref: str, halo: int, scale: float = 1.0) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "type": "space",
+        "id": axis,
+        "size": {"tensor_id": ref, "axis_id": axis},
+    }
+    if halo:
+        entry["halo"] = halo
+    if scale != 1.0:
+        entry["scale"] = scale
+    return entry
+
+
+def _tensor(
+    folder: Path,
+    tensor_id: str,
+    axes: list[dict[str, Any]],
+    data: np.ndarray,
+    role: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    name = f"test_{role}_{tensor_id}.npy"
+    np.save(folder / name, data)
+    return {
+        "id": tensor_id,
+        "axes": [{"type": "batch"}, *axes],
+        "test_tensor": {"source": name, "sha256": sha256(folder / name)},
+        **extra,
+    }
+
+
+def _write_package(
+    folder: Path,
+    name: str,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    weights: dict[str, Any],
+) -> Path:
+    (folder / "README.md").write_text(f"# {name}\n\nA tiny model for OncoAI's tests.\n")
+    rdf = {
+        "format_version": "0.5.4",
+        "type": "model",
+        "name": name,
+        "description": f"A tiny model for OncoAI's tests: {name}.",
+        "authors": [{"name": "OncoAI tests"}],
+        "cite": [{"text": "OncoAI test fixture", "url": "https://example.com/"}],
+        "license": "MIT",
+        "documentation": "README.md",
+        "tags": ["test"],
+        "inputs": inputs,
+        "outputs": outputs,
+        "weights": weights,
+    }
+    path = folder / "rdf.yaml"
+    path.write_text(yaml.safe_dump(rdf, sort_keys=False), encoding="utf-8")
+    _validate(path)
+    return path
+
+
+def _validate(rdf: Path) -> None:
+    from bioimageio.spec import InvalidDescr, load_description
+
+    descr = load_description(rdf, perform_io_checks=True)
+    if isinstance(descr, InvalidDescr):
+        raise AssertionError(
+            f"tiny model RDF {rdf} is invalid:\n{descr.validation_summary.format()}"
+        )
+
+
+def _torchscript(folder: Path, module: nn.Module) -> tuple[Any, dict[str, Any]]:
+    scripted = torch.jit.script(module.eval())
+    path = folder / "weights.pt"
+    scripted.save(str(path))
+    entry = {
+        "source": path.name,
+        "sha256": sha256(path),
+        "pytorch_version": PYTORCH_VERSION,
+    }
+    return torch.jit.load(str(path)), {"torchscript": entry}
+
+
+def _start(folder: Path, seed: int) -> np.random.Generator:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def _image(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.normal(0.0, 1.0, size=shape).astype(np.float32)
+
+
+# -- builders --------------------------------------------------------------------
+
+
+def plain_2d(
+    folder: Path, *, minimum: int = 32, step: int = 16, halo: int = 1
+) -> TinyModel:
+    """One channel in and out, size ``minimum + n * step`` along y and x."""
+    rng = _start(folder, 1)
+    module, weights = _torchscript(folder, _Conv2d(1, 1))
+    size = {"min": minimum, "step": step}
+    x = _image(rng, 1, 1, minimum + step, minimum + step)
+    model = TinyModel(folder, folder, module, ["raw"], ["out"])
+    y = model.forward(x)[0]
+    inputs = [
+        _tensor(
+            folder,
+            "raw",
+            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
+            x,
+            "input",
+        )
+    ]
+    outputs = [
+        _tensor(
+            folder,
+            "out",
+            [
+                _channel(["p0"]),
+                _space_out("y", "raw", halo),
+                _space_out("x", "raw", halo),
+            ],
+            y,
+            "output",
+        )
+    ]
+    model.rdf = _write_package(folder, "tiny plain 2d", inputs, outputs, weights)
+    return model
+
+
+def multichannel(folder: Path) -> TinyModel:
+    """Two channels in, three out (2D)."""
+    rng = _start(folder, 2)
+    module, weights = _torchscript(folder, _Conv2d(2, 3))
+    size = {"min": 16, "step": 8}
+    x = _image(rng, 1, 2, 32, 32)
+    model = TinyModel(folder, folder, module, ["raw"], ["out"])
+    y = model.forward(x)[0]
+    inputs = [
+        _tensor(
+            folder,
+            "raw",
+            [_channel(["c0", "c1"]), _space_in("y", size), _space_in("x", size)],
+            x,
+            "input",
+        )
+    ]
+    outputs = [
+        _tensor(
+            folder,
+            "out",
+            [
+                _channel(["o0", "o1", "o2"]),
+                _space_out("y", "raw", 1),
+                _space_out("x", "raw", 1),
+            ],
+            y,
+            "output",
+        )
+    ]
+    model.rdf = _write_package(folder, "tiny multichannel", inputs, outputs, weights)
+    return model
+
+
+def volume_3d(folder: Path) -> TinyModel:
+    """A 3D model: axes batch, channel, z, y, x."""
+    rng = _start(folder, 3)
+    module, weights = _torchscript(folder, _Conv3d())
+    size_z = {"min": 4, "step": 4}
+    size = {"min": 16, "step": 8}
+    x = _image(rng, 1, 1, 8, 24, 24)
+    model = TinyModel(folder, folder, module, ["raw"], ["out"])
+    y = model.forward(x)[0]
+    inputs = [
+        _tensor(
+            folder,
+            "raw",
+            [
+                _channel(["c0"]),
+                _space_in("z", size_z),
+                _space_in("y", size),
+                _space_in("x", size),
+            ],
+            x,
+            "input",
+        )
+    ]
+    outputs = [
+        _tensor(
+            folder,
+            "out",
+            [
+                _channel(["p0"]),
+                _space_out("z", "raw", 1),
+                _space_out("y", "raw", 1),
+                _space_out("x", "raw", 1),
+            ],
+            y,
+            "output",
+        )
+    ]
+    model.rdf = _write_package(folder, "tiny 3d", inputs, outputs, weights)
+    return model
+
+
+def two_in_two_out(folder: Path) -> TinyModel:
+    """Inputs ``a`` and ``b``; outputs ``conv(a) + b`` and ``a * b``."""
+    rng = _start(folder, 4)
+    module, weights = _torchscript(folder, _TwoInTwoOut())
+    size = {"min": 16, "step": 8}
+    a, b = _image(rng, 1, 1, 32, 32), _image(rng, 1, 1, 32, 32)
+    model = TinyModel(folder, folder, module, ["a", "b"], ["sum", "product"])
+    s, p = model.forward(a, b)
+    axes_in = [_channel(["c0"]), _space_in("y", size), _space_in("x", size)]
+    inputs = [
+        _tensor(folder, "a", axes_in, a, "input"),
+        _tensor(folder, "b", axes_in, b, "input"),
+    ]
+    outputs = [
+        _tensor(
+            folder,
+            "sum",
+            [_channel(["s"]), _space_out("y", "a", 1), _space_out("x", "a", 1)],
+            s,
+            "output",
+        ),
+        _tensor(
+            folder,
+            "product",
+            [_channel(["p"]), _space_out("y", "a", 0), _space_out("x", "a", 0)],
+            p,
+            "output",
+        ),
+    ]
+    model.rdf = _write_package(folder, "tiny two in two out", inputs, outputs, weights)
+    return model
+
+
+def upsample_2x(folder: Path) -> TinyModel:
+    """A ×2 output: output axes with ``scale: 0.5`` and a size reference."""
+    rng = _start(folder, 5)
+    module, weights = _torchscript(folder, _Upsample2())
+    size = {"min": 16, "step": 8}
+    x = _image(rng, 1, 1, 24, 24)
+    model = TinyModel(folder, folder, module, ["raw"], ["up"])
+    y = model.forward(x)[0]
+    inputs = [
+        _tensor(
+            folder,
+            "raw",
+            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
+            x,
+            "input",
+        )
+    ]
+    outputs = [
+        _tensor(
+            folder,
+            "up",
+            [
+                _channel(["u"]),
+                _space_out("y", "raw", 2, 0.5),
+                _space_out("x", "raw", 2, 0.5),
+            ],
+            y,
+            "output",
+        )
+    ]
+    model.rdf = _write_package(folder, "tiny upsample x2", inputs, outputs, weights)
+    return model
+
+
+def scale_range(folder: Path) -> TinyModel:
+    """Percentile normalisation (``scale_range``, per sample, over y and x)."""
+    rng = _start(folder, 6)
+    module, weights = _torchscript(folder, _Conv2d(1, 1))
+    size = {"min": 16, "step": 8}
+    raw = (rng.gamma(2.0, 300.0, size=(1, 1, 32, 32)) + 100).astype(np.float32)
+    model = TinyModel(folder, folder, module, ["raw"], ["out"])
+    y = model.forward(scale_range_reference(raw))[0]
+    lo, hi = SCALE_RANGE_PERCENTILES
+    pre = [
+        {
+            "id": "scale_range",
+            "kwargs": {
+                "axes": ["y", "x"],
+                "min_percentile": lo,
+                "max_percentile": hi,
+                "eps": SCALE_RANGE_EPS,
+            },
+        }
+    ]
+    inputs = [
+        _tensor(
+            folder,
+            "raw",
+            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
+            raw,
+            "input",
+            preprocessing=pre,
+        )
+    ]
+    outputs = [
+        _tensor(
+            folder,
+            "out",
+            [_channel(["p0"]), _space_out("y", "raw", 1), _space_out("x", "raw", 1)],
+            y,
+            "output",
+        )
+    ]
+    model.rdf = _write_package(folder, "tiny scale range", inputs, outputs, weights)
+    return model
+
+
+def scale_range_reference(raw: np.ndarray) -> np.ndarray:
+    """What the scale_range model's pre-processing makes of a whole (B, C, Y, X)."""
+    lo, hi = SCALE_RANGE_PERCENTILES
+    data = raw.astype(np.float64)
+    p_lo = np.percentile(data, lo, axis=(-2, -1), keepdims=True)
+    p_hi = np.percentile(data, hi, axis=(-2, -1), keepdims=True)
+    return ((data - p_lo) / (p_hi - p_lo + SCALE_RANGE_EPS)).astype(np.float32)
+
+
+def fixed_size(folder: Path, size: int = 64) -> TinyModel:
+    """A model that takes exactly ``size`` × ``size`` pixels."""
+    rng = _start(folder, 7)
+    module, weights = _torchscript(folder, _Conv2d(1, 1))
+    x = _image(rng, 1, 1, size, size)
+    model = TinyModel(folder, folder, module, ["raw"], ["out"])
+    y = model.forward(x)[0]
+    inputs = [
+        _tensor(
+            folder,
+            "raw",
+            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
+            x,
+            "input",
+        )
+    ]
+    outputs = [
+        _tensor(
+            folder,
+            "out",
+            [_channel(["p0"]), _space_out("y", "raw", 1), _space_out("x", "raw", 1)],
+            y,
+            "output",
+        )
+    ]
+    model.rdf = _write_package(folder, "tiny fixed size", inputs, outputs, weights)
+    return model
+
+
+def state_dict_model(folder: Path) -> TinyModel:
+    """``pytorch_state_dict`` weights with their own architecture file only."""
+    rng = _start(folder, 8)
+    (folder / "tiny_arch.py").write_text(ARCHITECTURE_SOURCE, encoding="utf-8")
+    net = _Conv2d(1, 1).eval()
+    torch.save(net.state_dict(), folder / "weights.pth")
+    module = torch.jit.script(net)
+    x = _image(rng, 1, 1, 32, 32)
+    model = TinyModel(folder, folder, module, ["raw"], ["out"])
+    y = model.forward(x)[0]
+    size = {"min": 16, "step": 8}
+    inputs = [
+        _tensor(
+            folder,
+            "raw",
+            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
+            x,
+            "input",
+        )
+    ]
+    outputs = [
+        _tensor(
+            folder,
+            "out",
+            [_channel(["p0"]), _space_out("y", "raw", 1), _space_out("x", "raw", 1)],
+            y,
+            "output",
+        )
+    ]
+    weights = {
+        "pytorch_state_dict": {
+            "source": "weights.pth",
+            "sha256": sha256(folder / "weights.pth"),
+            "architecture": {
+                "source": "tiny_arch.py",
+                "sha256": sha256(folder / "tiny_arch.py"),
+                "callable": "TinyNet",
+                "kwargs": {"channels": 1},
+            },
+            "pytorch_version": PYTORCH_VERSION,
+        }
+    }
+    model.rdf = _write_package(folder, "tiny state dict", inputs, outputs, weights)
+    return model
+
+
+BUILDERS = {
+    "plain_2d": plain_2d,
+    "multichannel": multichannel,
+    "volume_3d": volume_3d,
+    "two_in_two_out": two_in_two_out,
+    "upsample_2x": upsample_2x,
+    "scale_range": scale_range,
+    "fixed_size": fixed_size,
+}
