@@ -106,9 +106,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--roi", help="a .roi or RoiSet .zip: run inside its box")
     run.add_argument(
-        "--no-service",
-        action="store_true",
-        help="run here even when `oncoai serve` is up",
+        "--service",
+        default="auto",
+        choices=["auto", "never"],
+        help="auto: use `oncoai serve` when it is up; never: run in this process",
     )
     run.add_argument(
         "--timeout",
@@ -162,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
             params=parse_params(args.params),
             region=_roi_region(args.roi) if args.roi else None,
         )
-        outcome = run(request, use_service=not args.no_service, timeout=args.timeout)
+        outcome = run(request, use_service=args.service == "auto", timeout=args.timeout)
     except Exception as err:  # noqa: BLE001 -- the macro needs one line, always
         return _fail(err)
     finally:

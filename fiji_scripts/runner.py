@@ -147,7 +147,25 @@ def run(
     image = Path(request.image).expanduser()
     if not image.exists():
         raise OncoAIError(f"image not found: {image}; check the path.")
-    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    folder = outputs[0].parent
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_somewhere(request, outputs, use_service, timeout, on_progress)
+    except BaseException:
+        # Leave no trace of a failed run, not even an empty folder.
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def _run_somewhere(
+    request: RunRequest,
+    outputs: list[Path],
+    use_service: bool,
+    timeout: float | None,
+    on_progress: Callable[[float, str], None] | None,
+) -> RunOutcome:
     client = _discover() if use_service else None
     if client is not None:
         try:

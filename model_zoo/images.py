@@ -188,7 +188,9 @@ def read_image(
         raise OncoAIError(f"image file is empty (0 bytes): {str(path)!r}")
     name = path.name.lower()
     try:
-        if name.endswith((".zarr", ".zarr/")) or (path / ".zattrs").exists():
+        if name.endswith((".zarr", ".zarr/")) or any(
+            (path / marker).exists() for marker in (".zattrs", ".zgroup", "zarr.json")
+        ):
             image = _read_zarr(path, level)
         elif name.endswith(".npy"):
             image = ImageData(np.load(path, mmap_mode="r"), "", path=path)

@@ -171,13 +171,13 @@ def _tiled_tiff(tmp, array, axes, text, extratags, resolution) -> None:
     import tifffile
 
     h, w = array.shape[-2:]
-    flat = array if array.ndim == 2 else None
 
     def tiles() -> Iterator[np.ndarray]:
         for plane in np.ndindex(*array.shape[:-2]):
-            src = array[plane] if flat is None else flat
             for y in range(0, h, _TILE):
-                block = np.asarray(src[y : y + _TILE, :])
+                # Index the plane and the rows at once: a lazy array then reads
+                # only this band, never the whole plane.
+                block = np.asarray(array[(*plane, slice(y, y + _TILE), slice(None))])
                 for x in range(0, w, _TILE):
                     tile = np.zeros((_TILE, _TILE), dtype=array.dtype)
                     part = block[:, x : x + _TILE]

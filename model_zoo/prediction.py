@@ -447,6 +447,14 @@ class _Runner:
             )
             align = _alignment(tile, step, fixed)
             halo = min(halo, max(0, (tile - align) // 2))
+            declared = needed_halo.get(letter, 0)
+            if n > tile and halo < declared:
+                # Tiles with less context than the model declares make seams.
+                raise OncoAIError(
+                    f"a tile of {tile} px along {letter} leaves room for only "
+                    f"{halo} px of the model's halo of {declared} px; use a larger "
+                    f"--tile (at least {2 * declared + align})"
+                )
             plans[letter] = plan_axis(n, tile, halo, align)
         return plans
 

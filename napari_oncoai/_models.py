@@ -55,6 +55,8 @@ class ModelInfo:
         The first cover image found on disk.
     stardist : bool
         Whether the RDF has a ``config.stardist`` section.
+    tags : tuple of str
+        The RDF's tags, lower-case.
     """
 
     source: str

@@ -14,6 +14,8 @@ have yet.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import logging
 import sys
@@ -206,8 +208,9 @@ class RunModelWidget(QWidget):
             models = []
         local = [m for m in self._models() if m.origin == "local"]
         self._fill_models(models + local)
-        if chosen is not None:
-            self.select_model(chosen.source)
+        index = self._find_model(chosen.source) if chosen is not None else -1
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
 
     def _models(self) -> list[ModelInfo]:
         combo = self.model_combo
@@ -273,14 +276,23 @@ class RunModelWidget(QWidget):
         from napari_oncoai._models import local_model
 
         key = str(source)
-        for i in range(self.model_combo.count()):
-            data = self.model_combo.itemData(i)
-            if isinstance(data, ModelInfo) and key in (data.source, data.name):
-                self.model_combo.setCurrentIndex(i)
-                return data
+        index = self._find_model(key)
+        if index < 0 and not Path(key).exists():
+            self.refresh_models()  # a model cached since the list was made
+            index = self._find_model(key)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+            return self.model_combo.itemData(index)
         info = local_model(source)
         self._fill_models([*self._models(), info])
         return self.select_model(info.source)
+
+    def _find_model(self, key: str) -> int:
+        for i in range(self.model_combo.count()):
+            data = self.model_combo.itemData(i)
+            if isinstance(data, ModelInfo) and key in (data.source, data.name):
+                return i
+        return -1
 
     def _on_model_chosen(self, index: int) -> None:
         data = self.model_combo.itemData(index)
@@ -561,8 +573,9 @@ class RunModelWidget(QWidget):
         self._cancel_requested = True
         self.status.setText("Cancelling…")
         self.cancel_button.setEnabled(False)
+        # The job raises CancelledError at its next batch of tiles, which ends
+        # the worker cleanly (GeneratorWorker.quit would leave it suspended).
         self._job.cancel()
-        self._worker.quit()
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -685,7 +698,7 @@ def _prediction_steps(
 ) -> Any:
     """Run the job and build the layers, off the main thread.
 
-    Yields the engine's progress; returns the layer data tuples.
+    Yields the engine's progress; returns the napari layers, not yet added.
     """
     from napari.layers import Layer
 
@@ -697,24 +710,55 @@ def _prediction_steps(
         set_stardist_overlap,
     )
 
-    last = Progress(0, 1, "starting")
-    for last in job.run():
-        yield last
-    result = job.result
-    instances = result.task in INSTANCE_TASKS or result.stardist is not None
-    if instances:
-        yield Progress(last.done, last.total, "finding and measuring objects")
-        set_stardist_overlap(result, overlap)
-    data = result_layers(
-        result, grid, input_name=input_name, instances=instances, level=level
-    )
-    # Building the layers here (contrast limits, the features table) leaves
-    # the main thread only the unavoidable work of showing them.
-    layers = [Layer.create(*layer) for layer in data]
-    if job.cancelled:
-        raise CancelledError("prediction cancelled; nothing was added")
-    yield Progress(last.total, last.total, "adding layers")
-    return layers
+    with _old_objects_out_of_gc():
+        last = Progress(0, 1, "starting")
+        for last in job.run():
+            yield last
+        result = job.result
+        instances = result.task in INSTANCE_TASKS or result.stardist is not None
+        if instances:
+            yield Progress(last.done, last.total, "finding and measuring objects")
+            set_stardist_overlap(result, overlap)
+        data = result_layers(
+            result, grid, input_name=input_name, instances=instances, level=level
+        )
+        # Building the layers here (contrast limits, the features table) leaves
+        # the main thread only the unavoidable work of showing them.
+        layers = [Layer.create(*layer) for layer in data]
+        if job.cancelled:
+            raise CancelledError("prediction cancelled; nothing was added")
+        yield Progress(last.total, last.total, "adding layers")
+        return layers
+
+
+_gc_lock = threading.Lock()
+_gc_users = 0
+
+
+@contextlib.contextmanager
+def _old_objects_out_of_gc() -> Any:
+    """Keep objects that exist now out of full garbage collections meanwhile.
+
+    With napari and torch loaded a process holds over half a million objects,
+    and a full collection of them holds the interpreter lock for 0.3-0.6 s. A
+    run allocates enough to trigger such collections in the worker thread,
+    which then freezes the viewer. While a run lasts, :func:`gc.freeze` moves
+    the objects that existed before it out of the collector's sight, so the
+    collections it triggers only scan what the run itself made; afterwards
+    :func:`gc.unfreeze` hands them back and nothing is leaked. Both are O(1).
+    """
+    global _gc_users
+    with _gc_lock:
+        if _gc_users == 0:
+            gc.freeze()
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.unfreeze()
 
 
 def _makes_instances(info: ModelInfo) -> bool:

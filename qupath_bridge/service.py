@@ -37,6 +37,7 @@ import os
 import queue
 import secrets
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -160,7 +161,6 @@ class JobQueue:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._queues: dict[str, queue.Queue[Job | None]] = {}
         self._threads: list[threading.Thread] = []
-        self._running: dict[str, Job] = {}
         self._closed = False
 
     def submit(self, request: JobRequest) -> Job:
@@ -247,12 +247,7 @@ class JobQueue:
                     continue
                 job.state = "running"
                 job.message = "starting"
-                self._running[device] = job
-            try:
-                self._run(job)
-            finally:
-                with self._lock:
-                    self._running.pop(device, None)
+            self._run(job)
 
     def _run(self, job: Job) -> None:
         try:
@@ -846,7 +841,11 @@ def remove_service_files(folder: Path) -> None:
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, allow_remote: bool = False
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    allow_remote: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> int:
     """Run the service until interrupted (Ctrl+C or SIGTERM).
 
@@ -858,6 +857,9 @@ def serve(
         The TCP port; 0 picks a free one.
     allow_remote : bool
         Allow a non-loopback ``host``.
+    announce : callable, optional
+        Shows the user where the service listens and when it stops; logs by
+        default.
 
     Returns
     -------
@@ -879,7 +881,8 @@ def serve(
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     )
-    log.warning("OncoAI service listening on %s; token in %s", url, folder / TOKEN_FILE)
+    say = announce or log.warning
+    say(f"OncoAI service listening on {url}; token in {folder / TOKEN_FILE}")
     stop_on_sigterm()
     try:
         server.run(sockets=[sock])
@@ -890,7 +893,7 @@ def serve(
         jobs.close()
         remove_service_files(folder)
         sock.close()
-    log.warning("OncoAI service stopped")
+    say("OncoAI service stopped")
     return 0
 
 
@@ -935,6 +938,11 @@ def run(args: argparse.Namespace) -> int:
     """``oncoai serve``."""
     if not 0 <= args.port <= 65535:
         raise OncoAIError(f"--port must be 0-65535; got {args.port}")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return serve(args.host, args.port, allow_remote=args.allow_remote)
+
+    def announce(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    return serve(
+        args.host, args.port, allow_remote=args.allow_remote, announce=announce
+    )

@@ -2,9 +2,10 @@
 
 The starter model is trained only on these images, so they are made to look like
 widefield fluorescence of stained nuclei: elliptical nuclei of varied size,
-brightness and texture, some touching and overlapping, a few small and very
-bright (as mitotic nuclei are), blurred by a Gaussian point spread function, on
-an uneven background offset, with photon (Poisson) and read (Gaussian) noise.
+brightness and texture, some in clumps where they touch or overlap a little (the
+upper one hides the lower), a few small and very bright (as mitotic nuclei are),
+blurred by a Gaussian point spread function, on an uneven background offset, with
+photon (Poisson) and read (Gaussian) noise, and sometimes a saturated camera.
 Brightness, contrast and noise vary from image to image so that a model trained
 on them does not depend on one camera's range.
 
@@ -133,7 +134,7 @@ def _checked_shape(shape: tuple[int, int]) -> tuple[int, int]:
 
 
 def _place_nuclei(shape: tuple[int, int], rng: np.random.Generator) -> list[_Nucleus]:
-    """Scatter ellipses, letting a few touch or overlap a little."""
+    """Scatter ellipses, some in clumps, letting them touch or overlap a little."""
     ny, nx = shape
     coverage = rng.uniform(0.08, 0.35)
     mean_radius = rng.uniform(6.0, 11.0)

@@ -71,6 +71,8 @@ class TrainingReport:
     losses: list[float] = field(default_factory=list)
     validation_dice: float = float("nan")
     real_f1: float | None = None
+    real_image: str = ""
+    real_nuclei: int = 0
 
 
 def training_target(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -398,7 +400,9 @@ def validation_dice(network: nn.Module, count: int = 8) -> float:
     return 2 * overlap / max(total, 1.0)
 
 
-def real_image_f1(network: nn.Module, image_path: Path, labels_path: Path) -> float:
+def real_image_f1(
+    network: nn.Module, image_path: Path, labels_path: Path
+) -> tuple[float, int]:
     """F1 at IoU 0.5 of the network's instances on one real labelled image.
 
     Parameters
@@ -410,8 +414,10 @@ def real_image_f1(network: nn.Module, image_path: Path, labels_path: Path) -> fl
 
     Returns
     -------
-    float
+    f1 : float
         F1 of :func:`probability_to_labels` against the labels.
+    nuclei : int
+        Labelled nuclei in the ground truth.
 
     Raises
     ------
@@ -435,7 +441,7 @@ def real_image_f1(network: nn.Module, image_path: Path, labels_path: Path) -> fl
             f"are multiples of 8; got {image.shape} and {truth.shape}. Crop them."
         )
     predicted = probability_to_labels(predict_probability(network, image))
-    return f1_at_iou(truth, predicted)
+    return f1_at_iou(truth, predicted), len(np.unique(truth[truth > 0]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -476,7 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.validation_dice = validation_dice(model)
         log.info("validation Dice on synthetic images: %.3f", report.validation_dice)
         if args.check_image is not None:
-            report.real_f1 = real_image_f1(model, args.check_image, args.check_labels)
+            report.real_f1, report.real_nuclei = real_image_f1(
+                model, args.check_image, args.check_labels
+            )
+            report.real_image = args.check_image.name
             log.info("F1 at IoU 0.5 on %s: %.3f", args.check_image, report.real_f1)
         rdf = export_package(model, report, args.out)
     except OncoAIError as error:

@@ -133,18 +133,23 @@ def run_batch_macro(
 
 
 def run_gui_macro(
-    ij_jar: Path, code: str, env: dict[str, str], folder: Path
+    ij_jar: Path,
+    code: str,
+    env: dict[str, str],
+    folder: Path,
+    imagej_dir: Path | None = None,
 ) -> dict[str, str]:
     """Run macro code in a full ImageJ window under Xvfb; return what it records.
 
     The code calls ``record(key, value)``; ImageJ quits afterwards.  Only a
     GUI ImageJ builds its menus and its Results and ROI Manager windows.
+    ``imagej_dir`` is the folder whose ``plugins/`` ImageJ scans for its menu.
     """
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "recorded.txt"
     script = folder / "driver.ijm"
     script.write_text(
-        f"var recorded = \"\";\n{code}\n"
+        f'var recorded = "";\n{code}\n'
         f'File.saveString(recorded, "{out}");\n'
         'close("*");\nrun("Quit");\n'
         "function record(key, value) {\n"
@@ -152,7 +157,7 @@ def run_gui_macro(
         "}\n",
         encoding="utf-8",
     )
-    plugins = folder / "imagej"
+    plugins = imagej_dir or folder / "imagej"
     (plugins / "plugins").mkdir(parents=True, exist_ok=True)
     command = [
         "xvfb-run",

@@ -72,7 +72,11 @@ def test_roi_matches_its_expected_json(expected_file: Path) -> None:
         np.testing.assert_allclose(roi.coordinates, _xy(expected), atol=1e-5)
     else:
         assert roi.kind == expected["type"]
-    if "width" in expected and expected["type"] not in ("rectangle", "oval", "composite"):
+    if "width" in expected and expected["type"] not in (
+        "rectangle",
+        "oval",
+        "composite",
+    ):
         assert roi.stroke_width == expected["width"]
     if isinstance(expected.get("position"), dict):
         pos = expected["position"]

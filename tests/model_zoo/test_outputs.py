@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ def check_provenance(
     assert provenance["parameters"]["model"] == str(model.folder)
     assert provenance["parameters"]["axes"] == axes
     assert provenance["parameters"]["device"] == "cpu"
+    assert datetime.fromisoformat(provenance["created"]).tzinfo is not None
+    assert provenance["input"]
 
 
 def check_sidecar(path: Path, model: tiny_models.TinyModel) -> None:
@@ -215,3 +218,38 @@ def test_large_tif_of_a_time_series_keeps_its_axes(tmp_path, monkeypatch, capsys
     expected = np.stack([model.run_yx(frame) for frame in stack])
     assert data.shape == (2, 1, 40, 50)
     np.testing.assert_allclose(data, expected, rtol=0, atol=1e-5)
+
+
+def test_every_output_of_a_two_output_model_goes_to_the_ome_zarr(tmp_path, capsys):
+    model = tiny_models.two_in_two_out(tmp_path / "model")
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(40, 36)).astype(np.float32)
+    b = rng.normal(size=(40, 36)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    out = tmp_path / "out.ome.zarr"
+
+    code = cli.main(
+        [
+            "predict",
+            "--quiet",
+            "--model",
+            str(model.folder),
+            "--device",
+            "cpu",
+            str(tmp_path / "a.npy"),
+            str(tmp_path / "b.npy"),
+            "-o",
+            str(out),
+        ]
+    )
+
+    assert code == 0, capsys.readouterr().err
+    root = zarr.open_group(str(out), mode="r")
+    expected = dict(zip(model.output_ids, model.forward(a[None, None], b[None, None])))
+    for key in ("sum", "product"):
+        assert root[key].attrs["multiscales"][0]["datasets"][0]["path"] == "0"
+        assert root[key].attrs["oncoai"]["model_name"] == "tiny two in two out"
+        np.testing.assert_allclose(
+            root[key]["0"][:], expected[key][0], rtol=0, atol=1e-5
+        )

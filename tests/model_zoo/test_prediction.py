@@ -17,7 +17,7 @@ import torch
 
 from model_zoo import cli
 from model_zoo.config import PredictionConfig
-from model_zoo.errors import CancelledError
+from model_zoo.errors import CancelledError, OncoAIError
 from model_zoo.images import ImageData
 from model_zoo.prediction import PredictionJob, Progress, predict
 
@@ -122,6 +122,16 @@ def test_3d_model_tiles_z_y_x(tmp_path):
     assert_same(result.outputs["out"], model.run_yx(image))
 
 
+def test_3d_model_runs_a_time_series_volume_by_volume(tmp_path):
+    model = tiny_models.volume_3d(tmp_path / "m")
+    movie = np.random.default_rng(0).normal(size=(2, 8, 30, 26)).astype(np.float32)
+
+    result = run(model.folder, ImageData(movie, "TZYX"))
+
+    assert result.output_axes == {"out": "TCZYX"}
+    assert_same(result.outputs["out"], np.stack([model.run_yx(v) for v in movie]))
+
+
 @pytest.mark.parametrize("axes", ["CYX", "YXS"])
 def test_multichannel_model(tmp_path, axes):
     model = tiny_models.multichannel(tmp_path / "m")
@@ -222,6 +232,27 @@ def test_tile_0_runs_the_whole_image_in_one_pass(tmp_path, monkeypatch):
     # One pass at the smallest size the model takes that holds the image.
     assert shapes == [(1, 1, 112, 80)]
     assert_same(result.outputs["out"], model.run_yx(image))
+
+
+def test_declared_halo_is_honoured(tmp_path):
+    model = tiny_models.plain_2d(tmp_path / "m", minimum=16, step=8, radius=4)
+    # Multiples of 16 px: the last tile ends on the image's border, so the
+    # tiled result must equal the whole image everywhere.
+    image = np.random.default_rng(10).normal(size=(96, 80)).astype(np.float32)
+
+    result = run(model.folder, image, axes="YX", tile=32, halo=0)
+
+    assert_same(result.outputs["out"], model.run_yx(image))
+
+
+def test_tile_too_small_for_the_declared_halo_is_refused(tmp_path):
+    model = tiny_models.plain_2d(tmp_path / "m", minimum=16, step=8, radius=4)
+    image = np.random.default_rng(10).normal(size=(96, 80)).astype(np.float32)
+
+    # 16 px tiles, aligned on 16 px, leave no room for 4 px of halo: refusing
+    # beats tiles that silently miss the context the model needs.
+    with pytest.raises(OncoAIError, match="halo of 4 px"):
+        run(model.folder, image, axes="YX", tile=16)
 
 
 def test_scale_range_uses_whole_image_percentiles(tmp_path, monkeypatch):

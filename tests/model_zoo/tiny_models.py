@@ -88,9 +88,11 @@ class TinyModel:
 
 
 class _Conv2d(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, radius: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect")
+        self.conv = nn.Conv2d(
+            cin, cout, 2 * radius + 1, padding=radius, padding_mode="reflect"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.conv(x))
@@ -250,11 +252,18 @@ def _image(rng: np.random.Generator, *shape: int) -> np.ndarray:
 
 
 def plain_2d(
-    folder: Path, *, minimum: int = 32, step: int = 16, halo: int = 1
+    folder: Path, *, minimum: int = 32, step: int = 16, radius: int = 1
 ) -> TinyModel:
-    """One channel in and out, size ``minimum + n * step`` along y and x."""
+    """One channel in and out, size ``minimum + n * step`` along y and x.
+
+    The module is one convolution of ``2 * radius + 1`` pixels, and the RDF
+    declares ``radius`` as the output halo.  With a radius over 1, a tile that
+    ends inside the image's padding differs from the whole image within
+    ``radius`` of the image's far border.
+    """
     rng = _start(folder, 1)
-    module, weights = _torchscript(folder, _Conv2d(1, 1))
+    halo = radius
+    module, weights = _torchscript(folder, _Conv2d(1, 1, radius))
     size = {"min": minimum, "step": step}
     x = _image(rng, 1, 1, minimum + step, minimum + step)
     model = TinyModel(folder, folder, module, ["raw"], ["out"])

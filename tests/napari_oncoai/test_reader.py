@@ -129,3 +129,13 @@ def test_opens_oncoai_zarr(written_outputs, nuclei_result) -> None:
     assert (
         meta["metadata"]["oncoai"]["model_id"] == nuclei_result.provenance["model_id"]
     )
+
+
+def test_napari_opens_models_and_outputs_through_the_manifest(
+    make_napari_viewer, model_zip, written_outputs
+) -> None:
+    viewer = make_napari_viewer()
+    viewer.open(str(model_zip), plugin="napari-oncoai")
+    viewer.open(str(written_outputs["labels"]), plugin="napari-oncoai")
+    assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels"]
+    assert viewer.layers[0].name == "UNet 2D Nuclei Broad · sample"

@@ -181,3 +181,15 @@ def test_bad_name_or_layer_is_one_line_notification_and_no_file(tmp_path) -> Non
         "paths have no area",
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".zip", ".csv"])
+def test_napari_save_finds_the_writers_through_the_manifest(
+    objects_layer, tmp_path, suffix
+) -> None:
+    from napari import save_layers
+
+    target = tmp_path / f"objects{suffix}"
+    written = save_layers(str(target), [objects_layer], plugin="napari-oncoai")
+    assert written == [str(target)]
+    assert target.stat().st_size > 0

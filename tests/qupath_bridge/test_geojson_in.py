@@ -178,6 +178,7 @@ def test_regions_keep_holes_multipolygons_and_planes():
 
 
 def test_qubalab_object_model_keeps_plane_and_class():
+    pytest.importorskip("qubalab", reason="qubalab is in the optional [qupath] extra")
     from qubalab.objects import ObjectType
 
     donut = read_geojson(COLLECTION)[0]

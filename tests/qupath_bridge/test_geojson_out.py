@@ -301,6 +301,7 @@ class _StandInImageData:
 def test_qubalab_live_connection_sends_our_features_unchanged(
     mask, image, tmp_path, check_geojson
 ):
+    pytest.importorskip("qubalab", reason="qubalab is in the optional [qupath] extra")
     features = result_to_features(labels_result(mask, image))
     gateway, image_data = _RecordingGateway(), _StandInImageData()
     send_to_qupath(features, image_data=image_data, gateway=gateway)

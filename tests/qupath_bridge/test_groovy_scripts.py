@@ -64,13 +64,12 @@ def test_a_syntax_error_fails_the_compile_check(groovy_env, standin_classes, tmp
     assert done.returncode != 0
 
 
-def with_model(name: str, model: str, folder: Path) -> Path:
-    """A copy of a packaged script set to ``model``, as a user would edit it."""
+def with_setting(name: str, line: str, new_line: str, folder: Path) -> Path:
+    """A copy of a packaged script with one setting changed, as a user would."""
     text = (SCRIPTS / name).read_text(encoding="utf-8")
-    line = 'def MODEL = "oncoai-nuclei"'
     assert line in text
     copy = folder / name
-    copy.write_text(text.replace(line, f"def MODEL = {json.dumps(model)}"))
+    copy.write_text(text.replace(line, new_line))
     return copy
 
 
@@ -113,7 +112,7 @@ def centroid_inside(obj: dict, region: Polygon) -> bool:
 
 
 def test_detect_selected_adds_objects_to_the_selected_annotation(
-    service, unet_dir, shared_data, groovy_env, standin_classes, tmp_path
+    service, shared_data, groovy_env, standin_classes, tmp_path
 ):
     selected = Polygon([(20, 20), (300, 30), (280, 280), (30, 260)])
     scene = {
@@ -138,7 +137,8 @@ def test_detect_selected_adds_objects_to_the_selected_annotation(
         ],
         "open": 0,
     }
-    script = with_model("oncoai_detect_selected.groovy", str(unet_dir), tmp_path)
+    # The packaged script as it ships, with its default model oncoai-nuclei.
+    script = SCRIPTS / "oncoai_detect_selected.groovy"
 
     done, hierarchy = run_in_standin(
         script, scene, tmp_path, groovy_env, standin_classes, service.folder
@@ -218,7 +218,7 @@ def test_detect_selected_needs_a_selection(
 
 
 def test_run_project_processes_and_saves_every_image(
-    service, unet_dir, example_project, groovy_env, standin_classes, tmp_path
+    service, example_project, groovy_env, standin_classes, tmp_path
 ):
     images = example_project / "images"
     region = square(40, 40, 200, 220)
@@ -239,9 +239,10 @@ def test_run_project_processes_and_saves_every_image(
         "open": -1,
         "project": True,
     }
-    script = with_model("oncoai_run_project.groovy", str(unet_dir), tmp_path)
-    text = script.read_text()
-    script.write_text(text.replace("def CHANNEL = null", "def CHANNEL = 0"))
+    # The project's images have 3 channels; the nucleus model takes channel 0.
+    script = with_setting(
+        "oncoai_run_project.groovy", "def CHANNEL = null", "def CHANNEL = 0", tmp_path
+    )
 
     done, hierarchy = run_in_standin(
         script, scene, tmp_path, groovy_env, standin_classes, service.folder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -186,8 +185,9 @@ def test_bad_options_and_paths(example_project, unet_dir, tmp_path):
 
 @pytest.mark.skipif(
     qupath_installation() is None,
-    reason="paquo finds no QuPath installation here (QuPath cannot be installed on "
-    "CI machines); --write-project needs one",
+    reason="no QuPath installation that paquo can find (QuPath cannot be installed "
+    "on CI machines, and paquo is the optional [qupath] extra); --write-project "
+    "needs both",
 )
 def test_write_project_through_paquo(example_project, unet_dir, tmp_path):
     project = tmp_path / "project"
@@ -228,4 +228,3 @@ def test_import_script_paths_are_quoted_for_groovy(tmp_path):
     script = write_import_script([(entry, odd)], tmp_path).read_text()
     quoted = str(odd.resolve()).replace("\\", "\\\\").replace("'", "\\'")
     assert f"'7': '{quoted}'" in script
-    json.dumps(script)  # plain text, no bytes

@@ -1,0 +1,128 @@
+"""``oncoai fiji run`` and ``models``: the line protocol the macros parse."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fiji_scripts.plugin import list_macro_models
+from fiji_scripts.runner import RunRequest, parse_params
+from model_zoo.errors import OncoAIError
+
+from .conftest import macro_env
+
+
+def _oncoai(exe: Path, home: Path, *args: str) -> tuple[list[str], int, str]:
+    done = subprocess.run(
+        [str(exe), *args],
+        env=macro_env(exe, home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done.stdout.splitlines(), done.returncode, done.stderr
+
+
+def test_params_are_typed() -> None:
+    params = parse_params("threshold=0.4 tile=256 split-touching=false channel=DAPI")
+    assert params == {
+        "threshold": 0.4,
+        "tile": 256,
+        "split_touching": False,
+        "channel": "DAPI",
+    }
+    assert parse_params("") == {}
+    assert parse_params("axes=none") == {"axes": None}
+
+
+def test_params_without_equals_are_refused() -> None:
+    with pytest.raises(OncoAIError, match="key=value pairs separated by spaces; got"):
+        parse_params("threshold 0.4")
+
+
+def test_output_names_follow_the_image(tmp_path: Path) -> None:
+    objects = RunRequest(Path("/data/a.ome.tif"), "m", tmp_path)
+    image = RunRequest(Path("/data/b.png"), "m", tmp_path, kind="image", suffix="dn")
+
+    assert [p.name for p in objects.outputs()] == [
+        "a_labels.tif",
+        "a_RoiSet.zip",
+        "a_results.csv",
+    ]
+    assert [p.name for p in image.outputs()] == ["b_dn.tif"]
+    with pytest.raises(OncoAIError, match="unknown output kind 'mesh'"):
+        RunRequest(Path("a.tif"), "m", tmp_path, kind="mesh").outputs()
+
+
+def test_run_answers_error_for_a_missing_image(
+    tmp_path: Path, oncoai_exe: Path
+) -> None:
+    log = tmp_path / "fiji.log"
+    lines, code, stderr = _oncoai(
+        oncoai_exe,
+        tmp_path,
+        "fiji",
+        "run",
+        "--input",
+        str(tmp_path / "missing.tif"),
+        "--model",
+        "oncoai-nuclei",
+        "--outdir",
+        str(tmp_path / "out"),
+        "--log",
+        str(log),
+    )
+
+    assert code == 2
+    assert lines == [
+        f"ERROR: image not found: {tmp_path / 'missing.tif'}; check the path."
+    ]
+    # Nothing on the error stream that ImageJ's exec() would have to drain.
+    assert stderr == ""
+    assert "image not found" in log.read_text()
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_answers_error_for_bad_parameters(
+    tmp_path: Path, oncoai_exe: Path, shared_data: Path
+) -> None:
+    lines, code, _ = _oncoai(
+        oncoai_exe,
+        tmp_path,
+        "fiji",
+        "run",
+        "--input",
+        str(shared_data / "images" / "stardist_img2d.tif"),
+        "--model",
+        "oncoai-nuclei",
+        "--outdir",
+        str(tmp_path / "out"),
+        "--params",
+        "threshold=2",
+        "--service",
+        "never",
+        "--log",
+        str(tmp_path / "fiji.log"),
+    )
+
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith("ERROR: invalid parameter threshold=2: Input should be")
+
+
+def test_models_lists_the_starter_and_the_cache(
+    tmp_path: Path, oncoai_exe: Path
+) -> None:
+    from model_zoo.starter import STARTER_MODELS
+
+    lines, code, _ = _oncoai(
+        oncoai_exe, tmp_path, "fiji", "models", "--log", str(tmp_path / "l.log")
+    )
+
+    assert code == 0
+    assert lines[-1] == "OK"
+    starters = [n for n, rdf in STARTER_MODELS.items() if rdf.is_file()]
+    assert lines[:-1] == [f"MODEL {n}\t{n}" for n in starters]
+    assert list_macro_models() == [(n, n) for n in starters]
