@@ -55,6 +55,9 @@ class PredictionConfig(BaseModel):
         Smallest distance in pixels between two object centres when splitting.
     min_size : int
         Objects smaller than this many pixels are dropped.
+    nms_threshold : float or None
+        Overlap above which StarDist-type models suppress a candidate; None uses
+        the model's own value.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -71,6 +74,7 @@ class PredictionConfig(BaseModel):
     split_touching: bool = True
     min_distance: int = Field(default=4, ge=1)
     min_size: int = Field(default=10, ge=0)
+    nms_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
 
     @field_validator("device")
     @classmethod

@@ -335,6 +335,12 @@ def _tiff_pixel_size(tif: Any) -> tuple[float, float] | None:
 
 
 def _oncoai_metadata(tif: Any) -> dict[str, Any]:
+    tag = tif.pages[0].tags.get(65000)  # OncoAI's provenance tag
+    if tag is not None:
+        try:
+            return {"oncoai": json.loads(tag.value)}
+        except (TypeError, ValueError):
+            log.debug("unreadable provenance tag", exc_info=True)
     desc = tif.pages[0].description or ""
     if desc.startswith("{") and "oncoai" in desc:
         try:

@@ -200,7 +200,7 @@ def _stardist_labels(result: PredictionResult, cfg: PredictionConfig) -> np.ndar
         prob,
         dist,
         prob_threshold=settings.get("prob_threshold", cfg.threshold),
-        nms_threshold=settings.get("nms_threshold", 0.3),
+        nms_threshold=cfg.nms_threshold or settings.get("nms_threshold", 0.3),
         grid=tuple(settings.get("grid", (1, 1))),
     ).astype(np.int32)
 

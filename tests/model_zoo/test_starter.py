@@ -162,6 +162,18 @@ def test_training_refuses_a_crop_that_is_not_a_multiple_of_8() -> None:
         train_nuclei.train(steps=1, crop=60, pool_size=1, pool_shape=(96, 96))
 
 
+def test_command_line_reports_a_bad_step_count_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "package"
+
+    code = train_nuclei.main(["--out", str(out), "--steps", "0"])
+
+    assert code == 2
+    assert "Training needs at least one step, got 0" in caplog.text
+    assert not out.exists()
+
+
 # --- the shipped package -----------------------------------------------------
 
 
