@@ -55,7 +55,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return float(dt), int(rss)
 
 
-def forward_rate(weights: str) -> float:
+def forward_rate(weights: str, device: str = "cpu") -> float:
     """The model's pure forward rate at 512², MPix/s, best of 5.
 
     Measured through OncoAI's own runner with as many 512² tiles as it runs at once
@@ -64,7 +64,7 @@ def forward_rate(weights: str) -> float:
     code = f"""
 import time, numpy as np
 from model_zoo.model import load_model
-m = load_model({str(MODEL)!r}, {weights!r}, "cpu")
+m = load_model({str(MODEL)!r}, {weights!r}, {device!r})
 from model_zoo.model import cpu_workers
 n = cpu_workers()[0]
 x = np.random.default_rng(0).normal(size=(n, 1, 512, 512)).astype(np.float32)
@@ -84,6 +84,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument(
+        "--formats", default="torchscript,onnx", help="weights formats to compare"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    parser.add_argument(
         "--skip-speed", action="store_true", help="measure only the peak RSS"
     )
     parser.add_argument(
@@ -95,7 +99,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         image = tmp / "image.tif"
         make_image(image, args.size)
-        for weights in () if args.skip_speed else ("torchscript", "onnx"):
+        for weights in () if args.skip_speed else args.formats.split(","):
             ours_t, peer_t = [], []
             for _ in range(args.repeats):
                 ours_out = tmp / f"ours_{weights}.npy"
@@ -109,6 +113,8 @@ def main() -> None:
                         str(MODEL),
                         "--weights",
                         weights,
+                        "--device",
+                        args.device,
                         str(image),
                         "-o",
                         str(ours_out),
@@ -123,6 +129,7 @@ def main() -> None:
                         weights,
                         str(image),
                         str(peer_out),
+                        args.device,
                     ]
                 )
                 peer_t.append(dt)
@@ -130,7 +137,7 @@ def main() -> None:
             peer = np.load(peer_out)
             diff = np.abs(ours - peer)[64:-64, 64:-64]
             rate = args.size**2 / min(ours_t) / 1e6
-            pure = forward_rate(weights)
+            pure = forward_rate(weights, args.device)
             report["formats"][weights] = {
                 "oncoai_s": ours_t,
                 "peer_s": peer_t,
@@ -143,6 +150,22 @@ def main() -> None:
             }
             print(
                 json.dumps({weights: report["formats"][weights]}, indent=1), flush=True
+            )
+        formats = report["formats"]
+        if "torchscript" in formats and "onnx" in formats:
+            # OncoAI's default on the CPU is ONNX; the peer's TorchScript run is
+            # what a user of bioimageio.core gets with those weights.
+            report["oncoai_default_vs_peer_torchscript"] = min(
+                formats["torchscript"]["peer_s"]
+            ) / min(formats["onnx"]["oncoai_s"])
+            print(
+                json.dumps(
+                    {
+                        "oncoai_default_vs_peer_torchscript": report[
+                            "oncoai_default_vs_peer_torchscript"
+                        ]
+                    }
+                )
             )
         rss = {}
         for size in (2048, 8192):

@@ -1,6 +1,6 @@
 """The peer: bioimageio.core's own ``predict`` with 512 blocks, as a whole process.
 
-Usage: ``python benchmarks/peer_bioimageio.py MODEL_DIR WEIGHTS INPUT.tif OUT.npy``
+Usage: ``peer_bioimageio.py MODEL_DIR WEIGHTS IN.tif OUT.npy [DEVICE]``
 
 The shared U-Net's RDF lists a ``pytorch_state_dict`` entry at an unreachable
 address, so the description is loaded without IO checks; nothing else is changed.
@@ -23,11 +23,14 @@ from bioimageio.spec import load_model_description
 
 def main() -> None:
     model_dir, weights, source, target = sys.argv[1:5]
+    device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
     start = time.perf_counter()
     descr = load_model_description(
         f"{model_dir}/bioimageio.yaml", perform_io_checks=False
     )
-    pipeline = create_prediction_pipeline(descr, weight_format=weights)
+    pipeline = create_prediction_pipeline(
+        descr, weight_format=weights, devices=[device]
+    )
     image = tifffile.imread(source).astype(np.float32)[np.newaxis, np.newaxis]
     member = get_member_id(descr.inputs[0])
     block = 512

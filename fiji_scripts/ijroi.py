@@ -7,16 +7,17 @@ result against (:func:`rois_to_labels`, :func:`rois_to_geojson`).
 
 Coordinates follow ImageJ: ``x`` to the right, ``y`` down, in pixels, with
 ``(0, 0)`` the top-left corner of the top-left pixel.  A pixel belongs to an
-area ROI when its centre lies inside the outline, as in ImageJ's polygon
-filler.
+area ROI when its centre lies inside the outline, with ImageJ's rule for
+centres exactly on an edge, so masks match ImageJ's own pixel for pixel (tested
+on every ROI type against ImageJ 1.53t).
 
 The binary format is decoded by :mod:`roifile`; this module adds the meaning.
 
 Known limitations: rounded corners of a rectangle are ignored (the square
 corners are kept); an oval is outlined as a smooth ellipse of 72 vertices,
-whereas ImageJ traces it on the pixel grid, so their masks can differ by a
-pixel along the edge; text, arrow and image ROIs are read as their bounding
-rectangle.
+whereas ImageJ traces it on the pixel grid, so for some sizes their masks may
+differ by a pixel along the edge; text, arrow and image ROIs are read as their
+bounding rectangle.
 """
 
 from __future__ import annotations

@@ -88,6 +88,9 @@ def resolve_device(device: str) -> str:
     str
         A concrete torch device string.
     """
+    if device in ("auto", "cpu") and not _gpu_possible():
+        # Importing torch costs seconds; a machine with no GPU driver needs none.
+        return "cpu"
     import torch
 
     if device == "auto":
@@ -106,6 +109,18 @@ def resolve_device(device: str) -> str:
     ):
         raise OncoAIError("device 'mps' is not available here; use --device cpu")
     return device
+
+
+def _gpu_possible() -> bool:
+    """Whether a CUDA driver or Apple's MPS could be present, without torch."""
+    import shutil
+    import sys
+
+    if sys.platform == "darwin":
+        return True
+    return Path("/proc/driver/nvidia/version").exists() or bool(
+        shutil.which("nvidia-smi")
+    )
 
 
 @dataclass

@@ -146,15 +146,21 @@ def _tiff(
                 data,
                 imagej=True,
                 resolution=resolution,
-                metadata={
-                    "axes": ij_axes,
-                    "unit": "um" if pixel_size else None,
-                    "Info": text,
-                },
+                metadata=_imagej_metadata(ij_axes, pixel_size, text),
                 extratags=extratags,
             )
         else:
             _tiled_tiff(tmp, array, axes, text, extratags, resolution)
+
+
+def _imagej_metadata(
+    axes: str, pixel_size: tuple[float, float] | None, text: str
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"axes": axes, "Info": text}
+    if pixel_size:
+        # Without a pixel size the unit is left out: ImageJ would show "None".
+        metadata["unit"] = "um"
+    return metadata
 
 
 def _imagej_order(array: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
@@ -162,8 +168,11 @@ def _imagej_order(array: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     data = np.transpose(array, [axes.index(a) for a in order])
     if data.dtype == np.float64:
         data = data.astype(np.float32)
-    if data.dtype == np.int64 or data.dtype == np.uint64:
-        data = data.astype(np.int32 if data.max() < 2**31 else np.float32)
+    if data.dtype.kind == "b" or (data.dtype.kind in "iu" and data.dtype.itemsize > 2):
+        # ImageJ reads 8- and 16-bit integers and 32-bit floats only; labels past
+        # 65,535 stay exact as float32 up to 2**24.
+        low, top = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        data = data.astype(np.uint16 if low >= 0 and top < 2**16 else np.float32)
     return data, "".join(order)
 
 

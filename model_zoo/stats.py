@@ -44,17 +44,21 @@ class _Accumulator:
     values: list[np.ndarray] = field(default_factory=list)
     hist: np.ndarray | None = None
 
-    def update_moments(self, flat: np.ndarray) -> None:
-        """Combine a chunk, shaped (K, n), into the running moments (Chan et al.)."""
-        flat64 = flat.astype(np.float64, copy=False)
+    def update_moments(self, flat: np.ndarray, track_range: bool = True) -> None:
+        """Combine a chunk, shaped (K, n), into the running moments (Chan et al.).
+
+        ``track_range`` also keeps the minimum, maximum and whether all values
+        are integers, which only percentiles need.
+        """
         n_b = flat.shape[1]
         if n_b == 0:
             return
-        mean_b = flat64.mean(axis=1)
-        m2_b = ((flat64 - mean_b[:, None]) ** 2).sum(axis=1)
-        lo_b, hi_b = flat.min(axis=1), flat.max(axis=1)
+        mean_b = flat.mean(axis=1, dtype=np.float64)
+        centred = flat - mean_b[:, None]
+        m2_b = np.einsum("ij,ij->i", centred, centred)
+        del centred
         if self.mean is None:
-            self.n, self.mean, self.m2, self.lo, self.hi = n_b, mean_b, m2_b, lo_b, hi_b
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
         else:
             n_a = self.n
             delta = mean_b - self.mean
@@ -62,8 +66,11 @@ class _Accumulator:
             self.mean = self.mean + delta * n_b / total
             self.m2 = self.m2 + m2_b + delta**2 * n_a * n_b / total
             self.n = total
-            self.lo = np.minimum(self.lo, lo_b)
-            self.hi = np.maximum(self.hi, hi_b)
+        if not track_range:
+            return
+        lo_b, hi_b = flat.min(axis=1), flat.max(axis=1)
+        self.lo = lo_b if self.lo is None else np.minimum(self.lo, lo_b)
+        self.hi = hi_b if self.hi is None else np.maximum(self.hi, hi_b)
         if self.integral and not np.array_equal(flat, np.round(flat)):
             self.integral = False
 
@@ -130,7 +137,7 @@ def compute_stats(
             acc = accs.setdefault(key, _Accumulator(kept_shape=(flat.shape[0],)))
             dims_of[key] = kept
             sizes_of[key] = {d: array.shape[list(dims).index(d)] for d in kept}
-            acc.update_moments(flat)
+            acc.update_moments(flat, track_range=needs_quantiles)
             if keep_values:
                 acc.values.append(flat.astype(np.float32, copy=True))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -118,18 +119,32 @@ def run_batch_macro(
         str(macro),
         argument,
     ]
+    stdout, returncode = _run_bounded(command, env)
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return MacroRun(lines, returncode)
+
+
+def _run_bounded(command: list[str], env: dict[str, str]) -> tuple[str, int]:
+    """Run a command in its own process group; kill the whole group on timeout.
+
+    xvfb-run starts Xvfb and java as children; killing xvfb-run alone would
+    leave a hung ImageJ behind.
+    """
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            command,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=MACRO_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"ImageJ hung for {MACRO_TIMEOUT_S} s: {command}\n{err.stdout}")
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    return MacroRun(lines, done.returncode)
+        stdout, _ = process.communicate(timeout=MACRO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate()
+        pytest.fail(f"ImageJ hung for {MACRO_TIMEOUT_S} s: {command}\n{stdout}")
+    return stdout, process.returncode
 
 
 def run_gui_macro(
@@ -170,12 +185,7 @@ def run_gui_macro(
         "-macro",
         str(script),
     ]
-    try:
-        subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=MACRO_TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"ImageJ hung for {MACRO_TIMEOUT_S} s running {script}")
+    _run_bounded(command, env)
     if not out.is_file():
         pytest.fail(f"the ImageJ macro stopped before recording anything: {script}")
     pairs = [line.split("=", 1) for line in out.read_text().splitlines() if line]

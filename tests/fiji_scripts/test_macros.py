@@ -337,3 +337,54 @@ record("roi_box", "" + left + "," + top + "," + right + "," + bottom);
     left, top, right, bottom = map(float, recorded["roi_box"].split(","))
     assert left >= 100 and top >= 120 and right <= 300 and bottom <= 270
     assert tifffile.imread(labels).shape == (150, 200)
+
+
+def test_denoise_writes_the_output_image_with_calibration(
+    tmp_path: Path,
+    ij_jar: Path,
+    oncoai_exe: Path,
+    model_source: str,
+    shared_data: Path,
+    service: Service,
+    imagej: Any,
+) -> None:
+    """kind=image: the model's output as <name>_<suffix>.tif, calibration kept."""
+    from fiji_scripts.imagej import open_image
+
+    image = tifffile.imread(shared_data / "images" / "stardist_img2d.tif")
+    source = tmp_path / "noisy.tif"
+    tifffile.imwrite(
+        source, image, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"}
+    )
+    outdir = tmp_path / "out"
+
+    run = run_batch_macro(
+        ij_jar,
+        MACRO_DIR / "Denoise_Image.ijm",
+        f"input=[{source}] model=[{model_source}] output=[{outdir}]",
+        _service_env(oncoai_exe, tmp_path, service),
+        tmp_path / "temp",
+    )
+
+    assert run.last == "OK", run.lines
+    assert sorted(p.name for p in outdir.glob("*.tif")) == ["noisy_denoised.tif"]
+    opened = open_image(outdir / "noisy_denoised.tif")
+    assert (opened.getWidth(), opened.getHeight()) == (512, 512)
+    assert opened.getCalibration().pixelWidth == pytest.approx(0.5)
+
+
+def test_a_menu_macro_without_a_model_asks_for_one_headless(
+    tmp_path: Path, ij_jar: Path, oncoai_exe: Path, shared_data: Path
+) -> None:
+    image = shared_data / "images" / "stardist_img2d.tif"
+    run = run_batch_macro(
+        ij_jar,
+        MACRO_DIR / "Segment_Cells.ijm",
+        f"input=[{image}] output=[{tmp_path / 'out'}]",
+        macro_env(oncoai_exe, tmp_path),
+        tmp_path / "temp",
+    )
+
+    assert run.last == (
+        "ERROR: no model given; pass model=ID (oncoai fiji models lists them)"
+    )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
 from fiji_scripts.plugin import list_macro_models
 from fiji_scripts.runner import RunRequest, parse_params
@@ -126,3 +128,39 @@ def test_models_lists_the_starter_and_the_cache(
     starters = [n for n, rdf in STARTER_MODELS.items() if rdf.is_file()]
     assert lines[:-1] == [f"MODEL {n}\t{n}" for n in starters]
     assert list_macro_models() == [(n, n) for n in starters]
+
+
+def test_a_roi_limits_the_run_and_objects_keep_image_coordinates(
+    tmp_path: Path, oncoai_exe: Path, shared_data: Path, model_source: str
+) -> None:
+    from fiji_scripts.ijroi import read_roi, read_roi_set
+
+    roi_file = shared_data / "imagej_rois" / "polygon.roi"
+    x, y, width, height = read_roi(roi_file).region()
+    lines, code, _ = _oncoai(
+        oncoai_exe,
+        tmp_path,
+        "fiji",
+        "run",
+        "--input",
+        str(shared_data / "images" / "stardist_img2d.tif"),
+        "--model",
+        model_source,
+        "--outdir",
+        str(tmp_path / "out"),
+        "--roi",
+        str(roi_file),
+        "--service",
+        "never",
+        "--log",
+        str(tmp_path / "fiji.log"),
+    )
+
+    assert code == 0 and lines[-2:] == ["VIA local", "OK"], lines
+    labels = tifffile.imread(tmp_path / "out" / "stardist_img2d_labels.tif")
+    assert labels.shape == (height, width)
+    rois = read_roi_set(tmp_path / "out" / "stardist_img2d_RoiSet.zip")
+    assert len(rois) == len(np.unique(labels[labels > 0])) > 0
+    for roi in rois:
+        rx, ry, rw, rh = roi.region()
+        assert x <= rx and y <= ry and rx + rw <= x + width and ry + rh <= y + height

@@ -149,12 +149,29 @@ class TinyNet(nn.Module):
 # -- RDF pieces ------------------------------------------------------------------
 
 
+def _file_entry(folder: Path, name: str, **extra: Any) -> dict[str, Any]:
+    """An RDF file reference: its source name and the sha256 of its bytes."""
+    return {"source": name, "sha256": sha256(folder / name), **extra}
+
+
 def _channel(names: list[str]) -> dict[str, Any]:
     return {"type": "channel", "channel_names": names}
 
 
 def _space_in(axis: str, size: Any) -> dict[str, Any]:
     return {"type": "space", "id": axis, "size": size}
+
+
+def _axes_in(channels: list[str], **sizes: Any) -> list[dict[str, Any]]:
+    """A channel axis, then one space axis per keyword, in order."""
+    return [_channel(channels), *(_space_in(a, size) for a, size in sizes.items())]
+
+
+def _axes_out(
+    channels: list[str], ref: str, halo: int, *axes: str, scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """A channel axis, then space axes sized after input ``ref``'s."""
+    return [_channel(channels), *(_space_out(a, ref, halo, scale) for a in axes)]
 
 
 def _space_out(axis: str, ref: str, halo: int, scale: float = 1.0) -> dict[str, Any]:
@@ -183,7 +200,7 @@ def _tensor(
     return {
         "id": tensor_id,
         "axes": [{"type": "batch"}, *axes],
-        "test_tensor": {"source": name, "sha256": sha256(folder / name)},
+        "test_tensor": _file_entry(folder, name),
         **extra,
     }
 
@@ -230,11 +247,7 @@ def _torchscript(folder: Path, module: nn.Module) -> tuple[Any, dict[str, Any]]:
     scripted = torch.jit.script(module.eval())
     path = folder / "weights.pt"
     scripted.save(str(path))
-    entry = {
-        "source": path.name,
-        "sha256": sha256(path),
-        "pytorch_version": PYTORCH_VERSION,
-    }
+    entry = _file_entry(folder, path.name, pytorch_version=PYTORCH_VERSION)
     return torch.jit.load(str(path)), {"torchscript": entry}
 
 
@@ -251,6 +264,31 @@ def _image(rng: np.random.Generator, *shape: int) -> np.ndarray:
 # -- builders --------------------------------------------------------------------
 
 
+def _one_in_one_out(
+    model: TinyModel,
+    name: str,
+    weights: dict[str, Any],
+    x: np.ndarray,
+    axes_in: list[dict[str, Any]],
+    axes_out: list[dict[str, Any]],
+    *,
+    module_input: np.ndarray | None = None,
+    **input_extra: Any,
+) -> TinyModel:
+    """Write a one-input, one-output package whose test output the module made.
+
+    ``module_input`` is what the module itself is fed, when the RDF's
+    pre-processing turns ``x`` into something else first.
+    """
+    folder = model.folder
+    y = model.forward(x if module_input is None else module_input)[0]
+    (in_id,), (out_id,) = model.input_ids, model.output_ids
+    inputs = [_tensor(folder, in_id, axes_in, x, "input", **input_extra)]
+    outputs = [_tensor(folder, out_id, axes_out, y, "output")]
+    model.rdf = _write_package(folder, name, inputs, outputs, weights)
+    return model
+
+
 def plain_2d(
     folder: Path, *, minimum: int = 32, step: int = 16, radius: int = 1
 ) -> TinyModel:
@@ -262,36 +300,17 @@ def plain_2d(
     ``radius`` of the image's far border.
     """
     rng = _start(folder, 1)
-    halo = radius
     module, weights = _torchscript(folder, _Conv2d(1, 1, radius))
     size = {"min": minimum, "step": step}
     x = _image(rng, 1, 1, minimum + step, minimum + step)
-    model = TinyModel(folder, folder, module, ["raw"], ["out"])
-    y = model.forward(x)[0]
-    inputs = [
-        _tensor(
-            folder,
-            "raw",
-            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
-            x,
-            "input",
-        )
-    ]
-    outputs = [
-        _tensor(
-            folder,
-            "out",
-            [
-                _channel(["p0"]),
-                _space_out("y", "raw", halo),
-                _space_out("x", "raw", halo),
-            ],
-            y,
-            "output",
-        )
-    ]
-    model.rdf = _write_package(folder, "tiny plain 2d", inputs, outputs, weights)
-    return model
+    return _one_in_one_out(
+        TinyModel(folder, folder, module, ["raw"], ["out"]),
+        "tiny plain 2d",
+        weights,
+        x,
+        _axes_in(["c0"], y=size, x=size),
+        _axes_out(["p0"], "raw", radius, "y", "x"),
+    )
 
 
 def multichannel(folder: Path) -> TinyModel:
@@ -299,74 +318,29 @@ def multichannel(folder: Path) -> TinyModel:
     rng = _start(folder, 2)
     module, weights = _torchscript(folder, _Conv2d(2, 3))
     size = {"min": 16, "step": 8}
-    x = _image(rng, 1, 2, 32, 32)
-    model = TinyModel(folder, folder, module, ["raw"], ["out"])
-    y = model.forward(x)[0]
-    inputs = [
-        _tensor(
-            folder,
-            "raw",
-            [_channel(["c0", "c1"]), _space_in("y", size), _space_in("x", size)],
-            x,
-            "input",
-        )
-    ]
-    outputs = [
-        _tensor(
-            folder,
-            "out",
-            [
-                _channel(["o0", "o1", "o2"]),
-                _space_out("y", "raw", 1),
-                _space_out("x", "raw", 1),
-            ],
-            y,
-            "output",
-        )
-    ]
-    model.rdf = _write_package(folder, "tiny multichannel", inputs, outputs, weights)
-    return model
+    return _one_in_one_out(
+        TinyModel(folder, folder, module, ["raw"], ["out"]),
+        "tiny multichannel",
+        weights,
+        _image(rng, 1, 2, 32, 32),
+        _axes_in(["c0", "c1"], y=size, x=size),
+        _axes_out(["o0", "o1", "o2"], "raw", 1, "y", "x"),
+    )
 
 
 def volume_3d(folder: Path) -> TinyModel:
     """A 3D model: axes batch, channel, z, y, x."""
     rng = _start(folder, 3)
     module, weights = _torchscript(folder, _Conv3d())
-    size_z = {"min": 4, "step": 4}
     size = {"min": 16, "step": 8}
-    x = _image(rng, 1, 1, 8, 24, 24)
-    model = TinyModel(folder, folder, module, ["raw"], ["out"])
-    y = model.forward(x)[0]
-    inputs = [
-        _tensor(
-            folder,
-            "raw",
-            [
-                _channel(["c0"]),
-                _space_in("z", size_z),
-                _space_in("y", size),
-                _space_in("x", size),
-            ],
-            x,
-            "input",
-        )
-    ]
-    outputs = [
-        _tensor(
-            folder,
-            "out",
-            [
-                _channel(["p0"]),
-                _space_out("z", "raw", 1),
-                _space_out("y", "raw", 1),
-                _space_out("x", "raw", 1),
-            ],
-            y,
-            "output",
-        )
-    ]
-    model.rdf = _write_package(folder, "tiny 3d", inputs, outputs, weights)
-    return model
+    return _one_in_one_out(
+        TinyModel(folder, folder, module, ["raw"], ["out"]),
+        "tiny 3d",
+        weights,
+        _image(rng, 1, 1, 8, 24, 24),
+        _axes_in(["c0"], z={"min": 4, "step": 4}, y=size, x=size),
+        _axes_out(["p0"], "raw", 1, "z", "y", "x"),
+    )
 
 
 def two_in_two_out(folder: Path) -> TinyModel:
@@ -377,26 +351,14 @@ def two_in_two_out(folder: Path) -> TinyModel:
     a, b = _image(rng, 1, 1, 32, 32), _image(rng, 1, 1, 32, 32)
     model = TinyModel(folder, folder, module, ["a", "b"], ["sum", "product"])
     s, p = model.forward(a, b)
-    axes_in = [_channel(["c0"]), _space_in("y", size), _space_in("x", size)]
+    axes_in = _axes_in(["c0"], y=size, x=size)
     inputs = [
         _tensor(folder, "a", axes_in, a, "input"),
         _tensor(folder, "b", axes_in, b, "input"),
     ]
     outputs = [
-        _tensor(
-            folder,
-            "sum",
-            [_channel(["s"]), _space_out("y", "a", 1), _space_out("x", "a", 1)],
-            s,
-            "output",
-        ),
-        _tensor(
-            folder,
-            "product",
-            [_channel(["p"]), _space_out("y", "a", 0), _space_out("x", "a", 0)],
-            p,
-            "output",
-        ),
+        _tensor(folder, "sum", _axes_out(["s"], "a", 1, "y", "x"), s, "output"),
+        _tensor(folder, "product", _axes_out(["p"], "a", 0, "y", "x"), p, "output"),
     ]
     model.rdf = _write_package(folder, "tiny two in two out", inputs, outputs, weights)
     return model
@@ -407,33 +369,14 @@ def upsample_2x(folder: Path) -> TinyModel:
     rng = _start(folder, 5)
     module, weights = _torchscript(folder, _Upsample2())
     size = {"min": 16, "step": 8}
-    x = _image(rng, 1, 1, 24, 24)
-    model = TinyModel(folder, folder, module, ["raw"], ["up"])
-    y = model.forward(x)[0]
-    inputs = [
-        _tensor(
-            folder,
-            "raw",
-            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
-            x,
-            "input",
-        )
-    ]
-    outputs = [
-        _tensor(
-            folder,
-            "up",
-            [
-                _channel(["u"]),
-                _space_out("y", "raw", 2, 0.5),
-                _space_out("x", "raw", 2, 0.5),
-            ],
-            y,
-            "output",
-        )
-    ]
-    model.rdf = _write_package(folder, "tiny upsample x2", inputs, outputs, weights)
-    return model
+    return _one_in_one_out(
+        TinyModel(folder, folder, module, ["raw"], ["up"]),
+        "tiny upsample x2",
+        weights,
+        _image(rng, 1, 1, 24, 24),
+        _axes_in(["c0"], y=size, x=size),
+        _axes_out(["u"], "raw", 2, "y", "x", scale=0.5),
+    )
 
 
 def scale_range(folder: Path) -> TinyModel:
@@ -442,8 +385,6 @@ def scale_range(folder: Path) -> TinyModel:
     module, weights = _torchscript(folder, _Conv2d(1, 1))
     size = {"min": 16, "step": 8}
     raw = (rng.gamma(2.0, 300.0, size=(1, 1, 32, 32)) + 100).astype(np.float32)
-    model = TinyModel(folder, folder, module, ["raw"], ["out"])
-    y = model.forward(scale_range_reference(raw))[0]
     lo, hi = SCALE_RANGE_PERCENTILES
     pre = [
         {
@@ -456,27 +397,16 @@ def scale_range(folder: Path) -> TinyModel:
             },
         }
     ]
-    inputs = [
-        _tensor(
-            folder,
-            "raw",
-            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
-            raw,
-            "input",
-            preprocessing=pre,
-        )
-    ]
-    outputs = [
-        _tensor(
-            folder,
-            "out",
-            [_channel(["p0"]), _space_out("y", "raw", 1), _space_out("x", "raw", 1)],
-            y,
-            "output",
-        )
-    ]
-    model.rdf = _write_package(folder, "tiny scale range", inputs, outputs, weights)
-    return model
+    return _one_in_one_out(
+        TinyModel(folder, folder, module, ["raw"], ["out"]),
+        "tiny scale range",
+        weights,
+        raw,
+        _axes_in(["c0"], y=size, x=size),
+        _axes_out(["p0"], "raw", 1, "y", "x"),
+        module_input=scale_range_reference(raw),
+        preprocessing=pre,
+    )
 
 
 def scale_range_reference(raw: np.ndarray) -> np.ndarray:
@@ -492,29 +422,14 @@ def fixed_size(folder: Path, size: int = 64) -> TinyModel:
     """A model that takes exactly ``size`` × ``size`` pixels."""
     rng = _start(folder, 7)
     module, weights = _torchscript(folder, _Conv2d(1, 1))
-    x = _image(rng, 1, 1, size, size)
-    model = TinyModel(folder, folder, module, ["raw"], ["out"])
-    y = model.forward(x)[0]
-    inputs = [
-        _tensor(
-            folder,
-            "raw",
-            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
-            x,
-            "input",
-        )
-    ]
-    outputs = [
-        _tensor(
-            folder,
-            "out",
-            [_channel(["p0"]), _space_out("y", "raw", 1), _space_out("x", "raw", 1)],
-            y,
-            "output",
-        )
-    ]
-    model.rdf = _write_package(folder, "tiny fixed size", inputs, outputs, weights)
-    return model
+    return _one_in_one_out(
+        TinyModel(folder, folder, module, ["raw"], ["out"]),
+        "tiny fixed size",
+        weights,
+        _image(rng, 1, 1, size, size),
+        _axes_in(["c0"], y=size, x=size),
+        _axes_out(["p0"], "raw", 1, "y", "x"),
+    )
 
 
 def state_dict_model(folder: Path) -> TinyModel:
@@ -523,44 +438,26 @@ def state_dict_model(folder: Path) -> TinyModel:
     (folder / "tiny_arch.py").write_text(ARCHITECTURE_SOURCE, encoding="utf-8")
     net = _Conv2d(1, 1).eval()
     torch.save(net.state_dict(), folder / "weights.pth")
-    module = torch.jit.script(net)
-    x = _image(rng, 1, 1, 32, 32)
-    model = TinyModel(folder, folder, module, ["raw"], ["out"])
-    y = model.forward(x)[0]
-    size = {"min": 16, "step": 8}
-    inputs = [
-        _tensor(
-            folder,
-            "raw",
-            [_channel(["c0"]), _space_in("y", size), _space_in("x", size)],
-            x,
-            "input",
-        )
-    ]
-    outputs = [
-        _tensor(
-            folder,
-            "out",
-            [_channel(["p0"]), _space_out("y", "raw", 1), _space_out("x", "raw", 1)],
-            y,
-            "output",
-        )
-    ]
+    architecture = _file_entry(
+        folder, "tiny_arch.py", callable="TinyNet", kwargs={"channels": 1}
+    )
     weights = {
-        "pytorch_state_dict": {
-            "source": "weights.pth",
-            "sha256": sha256(folder / "weights.pth"),
-            "architecture": {
-                "source": "tiny_arch.py",
-                "sha256": sha256(folder / "tiny_arch.py"),
-                "callable": "TinyNet",
-                "kwargs": {"channels": 1},
-            },
-            "pytorch_version": PYTORCH_VERSION,
-        }
+        "pytorch_state_dict": _file_entry(
+            folder,
+            "weights.pth",
+            architecture=architecture,
+            pytorch_version=PYTORCH_VERSION,
+        )
     }
-    model.rdf = _write_package(folder, "tiny state dict", inputs, outputs, weights)
-    return model
+    size = {"min": 16, "step": 8}
+    return _one_in_one_out(
+        TinyModel(folder, folder, torch.jit.script(net), ["raw"], ["out"]),
+        "tiny state dict",
+        weights,
+        _image(rng, 1, 1, 32, 32),
+        _axes_in(["c0"], y=size, x=size),
+        _axes_out(["p0"], "raw", 1, "y", "x"),
+    )
 
 
 BUILDERS = {
