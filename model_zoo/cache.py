@@ -69,6 +69,7 @@ from typing import Any
 import platformdirs
 import yaml
 
+from model_zoo._hashing import file_sha256
 from model_zoo.errors import CancelledError, OncoAIError
 
 logger = logging.getLogger(__name__)
@@ -381,22 +382,6 @@ def _code_refs(refs: Iterable[_FileRef]) -> list[_FileRef]:
 # ------------------------------------------------------------------------ hashing
 
 
-def _sha256_file(
-    path: Path,
-    progress: ProgressCallback | None = None,
-    done: int = 0,
-    total: int | None = None,
-) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total, path.name)
-    return digest.hexdigest()
-
-
 @dataclass
 class _Verified:
     sha256: dict[str, str]
@@ -444,7 +429,7 @@ def _verify_package(
     for ref, rel in local:
         key = str(rel)
         if key not in known:
-            known[key] = _sha256_file(root / rel, progress, done, total)
+            known[key] = file_sha256(root / rel, progress, done, total)
             done += sizes[key]
         actual = known[key]
         if ref.sha256 is not None and actual != ref.sha256:
@@ -540,45 +525,33 @@ def _install_package(
             "%s holds no weights of its own; the model cannot run offline", source
         )
 
-    rdf_sha256 = _sha256_file(rdf_path)
+    rdf_sha256 = file_sha256(rdf_path)
     model_id, nickname, name = _identity(rdf, rdf_sha256, nickname_hint)
     code: dict[str, str | None] = {}
     for ref in _code_refs(refs):
         key = str(_package_path(ref))
         code[key] = verified.sha256.get(key)
     imported_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_json(
-        root / METADATA_NAME,
-        {
-            "format": 1,
-            "id": model_id,
-            "nickname": nickname,
-            "name": name,
-            "source": source,
-            "imported_at": imported_at,
-            "rdf": rdf_path.name,
-            "rdf_sha256": rdf_sha256,
-            "files_sha256": verified.sha256,
-            "code_sha256": code,
-            "remote": verified.remote,
-            "absent": verified.absent,
-            "skipped_weights": sorted(skipped),
-        },
-    )
+    meta = {
+        "format": 1,
+        "id": model_id,
+        "nickname": nickname,
+        "name": name,
+        "source": source,
+        "imported_at": imported_at,
+        "rdf": rdf_path.name,
+        "rdf_sha256": rdf_sha256,
+        "files_sha256": verified.sha256,
+        "code_sha256": code,
+        "remote": verified.remote,
+        "absent": verified.absent,
+        "skipped_weights": sorted(skipped),
+    }
+    _write_json(root / METADATA_NAME, meta)
 
     target = _move_into_place(root, _dirname_for(model_id))
     logger.info("installed model %s from %s into %s", model_id, source, target)
-    rdf_installed = target / rdf_path.name
-    return CachedModel(
-        id=model_id,
-        nickname=nickname,
-        name=name,
-        path=target,
-        rdf=rdf_installed,
-        source=source,
-        trusted=is_trusted(rdf_installed),
-        imported_at=imported_at,
-    )
+    return _cached_model(target, meta)
 
 
 def _move_into_place(root: Path, dirname: str) -> Path:
@@ -863,7 +836,7 @@ def _download(
     """
     name = dest.name
     if dest.is_file():
-        digest = _sha256_file(dest)
+        digest = file_sha256(dest)
         if sha256 is None or digest == sha256:
             return digest
         dest.unlink()
@@ -874,7 +847,7 @@ def _download(
     resumed_earlier = part.is_file()
     while True:
         _transfer_with_retries(url, part, name, progress, cancel)
-        digest = _sha256_file(part)
+        digest = file_sha256(part)
         if sha256 is None or digest == sha256:
             os.replace(part, dest)
             return digest
@@ -1185,19 +1158,23 @@ def list_models() -> list[CachedModel]:
         if not isinstance(rdf_name, str) or not (folder / rdf_name).is_file():
             logger.warning("skipping %s: not a package installed by OncoAI", folder)
             continue
-        found.append(
-            CachedModel(
-                id=str(meta.get("id") or folder.name),
-                nickname=meta.get("nickname") or None,
-                name=str(meta.get("name") or folder.name),
-                path=folder,
-                rdf=folder / rdf_name,
-                source=str(meta.get("source") or ""),
-                trusted=is_trusted(folder / rdf_name),
-                imported_at=str(meta.get("imported_at") or ""),
-            )
-        )
+        found.append(_cached_model(folder, meta))
     return sorted(found, key=lambda m: m.id)
+
+
+def _cached_model(folder: Path, meta: dict[str, Any]) -> CachedModel:
+    """The model installed in ``folder``, as its metadata describes it."""
+    rdf = folder / str(meta["rdf"])
+    return CachedModel(
+        id=str(meta.get("id") or folder.name),
+        nickname=meta.get("nickname") or None,
+        name=str(meta.get("name") or folder.name),
+        path=folder,
+        rdf=rdf,
+        source=str(meta.get("source") or ""),
+        trusted=is_trusted(rdf),
+        imported_at=str(meta.get("imported_at") or ""),
+    )
 
 
 def find_model(key: str) -> CachedModel | None:
@@ -1221,7 +1198,7 @@ def find_model(key: str) -> CachedModel | None:
 
 def _unpack(archive: Path) -> Path:
     """Extract a zip into ``unpacked/<sha256>`` once, and return its RDF."""
-    digest = _sha256_file(archive)
+    digest = file_sha256(archive)
     target = _unpacked_dir() / digest
     if not target.is_dir():
         with _work_dir(_unpacked_dir()) as work:
@@ -1315,7 +1292,7 @@ def is_trusted(rdf_path: str | Path) -> bool:
     meta = _read_metadata(folder)
     if meta is None or meta.get("rdf") != rdf.name:
         return False
-    if _sha256_file(rdf) != meta.get("rdf_sha256"):
+    if file_sha256(rdf) != meta.get("rdf_sha256"):
         return False
     code = meta.get("code_sha256")
     if not isinstance(code, dict):
@@ -1325,7 +1302,7 @@ def is_trusted(rdf_path: str | Path) -> bool:
         if digest is None:
             if path.exists():
                 return False
-        elif not path.is_file() or _sha256_file(path) != digest:
+        elif not path.is_file() or file_sha256(path) != digest:
             return False
     return True
 

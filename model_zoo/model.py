@@ -14,7 +14,6 @@ model first.  State dicts are always read with ``torch.load(weights_only=True)``
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from model_zoo._hashing import sha256_of
 from model_zoo.errors import OncoAIError
 
 log = logging.getLogger(__name__)
@@ -58,21 +58,6 @@ _PREFERENCE = {
     ],
 }
 _TF_FORMATS = {"tensorflow_saved_model_bundle", "keras_hdf5"}
-
-_sha_cache: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_of(path: Path) -> str:
-    """Return the hex sha256 of a file, remembered by path, size and mtime."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _sha_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _sha_cache[key] = digest.hexdigest()
-    return _sha_cache[key]
 
 
 def resolve_device(device: str) -> str:

@@ -409,14 +409,3 @@ def _provenance(
         }
     )
     return info
-
-
-def set_stardist_overlap(result: PredictionResult, overlap: float) -> None:
-    """Use ``overlap`` as the NMS threshold of a StarDist-type result.
-
-    :class:`~model_zoo.config.PredictionConfig` has no field for it, so it is
-    written into the result's StarDist settings before objects are computed.
-    Results of other models are left alone.
-    """
-    if result.stardist is not None and "instances" not in result.__dict__:
-        result.stardist = {**result.stardist, "nms_threshold": float(overlap)}

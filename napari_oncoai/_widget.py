@@ -494,6 +494,8 @@ class RunModelWidget(QWidget):
                 threshold=self.threshold_spin.value(),
                 split_touching=self.split_check.isChecked(),
                 min_size=self.min_size_spin.value(),
+                # Only StarDist models run NMS; the spin is disabled for others.
+                nms_threshold=self.overlap_spin.value() if info.stardist else None,
             )
         except ValidationError as err:
             first = err.errors()[0]
@@ -553,7 +555,6 @@ class RunModelWidget(QWidget):
             grid,
             input_name=layer.name,
             level=level,
-            overlap=self.overlap_spin.value(),
             _start_thread=False,
             _connect={
                 "yielded": self._on_progress,
@@ -693,9 +694,7 @@ def _new_job(config: PredictionConfig, image: Any) -> Any:
     return PredictionJob(config, image)
 
 
-def _prediction_steps(
-    job: Any, grid: Any, *, input_name: str, level: int, overlap: float
-) -> Any:
+def _prediction_steps(job: Any, grid: Any, *, input_name: str, level: int) -> Any:
     """Run the job and build the layers, off the main thread.
 
     Yields the engine's progress; returns the napari layers, not yet added.
@@ -704,11 +703,7 @@ def _prediction_steps(
 
     from model_zoo.errors import CancelledError
     from model_zoo.prediction import Progress
-    from napari_oncoai._layers import (
-        INSTANCE_TASKS,
-        result_layers,
-        set_stardist_overlap,
-    )
+    from napari_oncoai._layers import INSTANCE_TASKS, result_layers
 
     with _old_objects_out_of_gc():
         last = Progress(0, 1, "starting")
@@ -718,7 +713,6 @@ def _prediction_steps(
         instances = result.task in INSTANCE_TASKS or result.stardist is not None
         if instances:
             yield Progress(last.done, last.total, "finding and measuring objects")
-            set_stardist_overlap(result, overlap)
         data = result_layers(
             result, grid, input_name=input_name, instances=instances, level=level
         )

@@ -10,7 +10,6 @@ then moved into place, so a failed export never leaves a half-written package.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ import torch
 import yaml
 from torch import nn
 
+from model_zoo._hashing import file_sha256 as sha256_of
 from model_zoo.errors import OncoAIError
 from model_zoo.starter import synthetic, unet
 
@@ -102,26 +102,6 @@ def predict_probability(network: nn.Module, image: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(normalize(image))[None, None]
     with torch.inference_mode():
         return torch.sigmoid(network(x))[0, 0].numpy()
-
-
-def sha256_of(path: Path) -> str:
-    """Return the hex SHA-256 of a file.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        The file.
-
-    Returns
-    -------
-    str
-        64 hexadecimal digits.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_package(network: nn.Module, report: TrainingReport, out: Path | str) -> Path:

@@ -37,6 +37,7 @@ def CELL_EXPANSION = 0.0d       // pixels; > 0 makes cells around the nuclei
 def TIMEOUT_MINUTES = 60
 // -----------------------------------------------------------------------------
 
+// ---- OncoAI service client: identical in oncoai_detect_selected.groovy and oncoai_run_project.groovy on purpose, so each script pastes alone into QuPath ----
 class OncoAIService {
     final String url
     final String token
@@ -148,6 +149,7 @@ String imagePath(def server) {
         throw new IllegalStateException("OncoAI needs an image stored in a local file; this one is at " + uri)
     return new File(uri).getAbsolutePath()
 }
+// ---- end of the OncoAI service client ----
 
 def imageData = getCurrentImageData()
 if (imageData == null)

@@ -39,6 +39,7 @@ def ONLY_IN_ANNOTATIONS = true  // false: run on each whole image
 def TIMEOUT_MINUTES = 240       // per image region
 // -----------------------------------------------------------------------------
 
+// ---- OncoAI service client: identical in oncoai_detect_selected.groovy and oncoai_run_project.groovy on purpose, so each script pastes alone into QuPath ----
 class OncoAIService {
     final String url
     final String token
@@ -150,6 +151,7 @@ String imagePath(def server) {
         throw new IllegalStateException("OncoAI needs an image stored in a local file; this one is at " + uri)
     return new File(uri).getAbsolutePath()
 }
+// ---- end of the OncoAI service client ----
 
 def project = getProject()
 if (project == null)

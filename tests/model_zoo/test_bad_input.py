@@ -20,6 +20,7 @@ from model_zoo import cli
 from model_zoo.cache import cache_dir, list_models
 
 from . import tiny_models
+from ._helpers import predict_args
 
 ONE_CHANNEL = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
 
@@ -58,21 +59,6 @@ def error_line(code: int, err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ")
     return lines[0]
-
-
-def predict_args(model: object, image: object, out: Path, *extra: object) -> list:
-    return [
-        "predict",
-        "--quiet",
-        "--model",
-        model,
-        "--device",
-        "cpu",
-        *extra,
-        image,
-        "-o",
-        out,
-    ]
 
 
 def save(work: Path, name: str, array: np.ndarray) -> Path:

@@ -18,6 +18,7 @@ from model_zoo.outputs import PROVENANCE_TAG, write_result
 from model_zoo.prediction import predict
 
 from . import tiny_models
+from ._helpers import predict_args
 
 
 @pytest.fixture()
@@ -151,21 +152,7 @@ def test_large_output_streams_through_an_on_disk_store(
     monkeypatch.setattr(streaming, "IN_MEMORY_LIMIT", 1000)
     out = work / f"out{suffix}"
 
-    code = cli.main(
-        [
-            "predict",
-            "--quiet",
-            "--model",
-            str(model.folder),
-            "--device",
-            "cpu",
-            "--tile",
-            "32",
-            str(work / "in.tif"),
-            "-o",
-            str(out),
-        ]
-    )
+    code = cli.main(predict_args(model.folder, work / "in.tif", out, "--tile", 32))
 
     assert code == 0, capsys.readouterr().err
     assert len(stores) == 1 and isinstance(stores[0], zarr.Array)
@@ -195,19 +182,7 @@ def test_large_tif_of_a_time_series_keeps_its_axes(tmp_path, monkeypatch, capsys
     out = tmp_path / "out.tif"
 
     code = cli.main(
-        [
-            "predict",
-            "--quiet",
-            "--model",
-            str(model.folder),
-            "--device",
-            "cpu",
-            "--axes",
-            "TYX",
-            str(tmp_path / "in.npy"),
-            "-o",
-            str(out),
-        ]
+        predict_args(model.folder, tmp_path / "in.npy", out, "--axes", "TYX")
     )
 
     assert code == 0, capsys.readouterr().err
@@ -230,18 +205,7 @@ def test_every_output_of_a_two_output_model_goes_to_the_ome_zarr(tmp_path, capsy
     out = tmp_path / "out.ome.zarr"
 
     code = cli.main(
-        [
-            "predict",
-            "--quiet",
-            "--model",
-            str(model.folder),
-            "--device",
-            "cpu",
-            str(tmp_path / "a.npy"),
-            str(tmp_path / "b.npy"),
-            "-o",
-            str(out),
-        ]
+        predict_args(model.folder, [tmp_path / "a.npy", tmp_path / "b.npy"], out)
     )
 
     assert code == 0, capsys.readouterr().err

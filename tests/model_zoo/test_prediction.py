@@ -22,6 +22,7 @@ from model_zoo.images import ImageData
 from model_zoo.prediction import PredictionJob, Progress, predict
 
 from . import tiny_models
+from ._helpers import predict_args
 
 BORDER = 64
 EPS = 1e-6  # bioimageio's zero_mean_unit_variance epsilon
@@ -169,19 +170,23 @@ def test_x2_output_doubles_the_shape(tmp_path):
     assert_same(result.outputs["up"], model.run_yx(image))
 
 
-def test_fixed_size_model_sees_only_its_size(tmp_path, monkeypatch):
+def record_tile_shapes(folder: Path, monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the first input of every batch the loaded model will run."""
     from model_zoo import prediction
 
-    model = tiny_models.fixed_size(tmp_path / "m", size=64)
-    image = np.random.default_rng(4).normal(size=(150, 130)).astype(np.float32)
-    loaded = prediction.get_model(
-        PredictionConfig(model=str(model.folder), device="cpu")
-    )
+    loaded = prediction.get_model(PredictionConfig(model=str(folder), device="cpu"))
     shapes: list[tuple[int, ...]] = []
     forward = loaded.forward
     monkeypatch.setattr(
         loaded, "forward", lambda xs: (shapes.append(xs[0].shape), forward(xs))[1]
     )
+    return shapes
+
+
+def test_fixed_size_model_sees_only_its_size(tmp_path, monkeypatch):
+    model = tiny_models.fixed_size(tmp_path / "m", size=64)
+    image = np.random.default_rng(4).normal(size=(150, 130)).astype(np.float32)
+    shapes = record_tile_shapes(model.folder, monkeypatch)
 
     result = run(model.folder, image, axes="YX")
 
@@ -214,18 +219,9 @@ def test_2d_model_runs_frame_by_frame(tmp_path, loop):
 
 
 def test_tile_0_runs_the_whole_image_in_one_pass(tmp_path, monkeypatch):
-    from model_zoo import prediction
-
     model = tiny_models.plain_2d(tmp_path / "m")
     image = np.random.default_rng(6).normal(size=(100, 70)).astype(np.float32)
-    loaded = prediction.get_model(
-        PredictionConfig(model=str(model.folder), device="cpu")
-    )
-    shapes: list[tuple[int, ...]] = []
-    forward = loaded.forward
-    monkeypatch.setattr(
-        loaded, "forward", lambda xs: (shapes.append(xs[0].shape), forward(xs))[1]
-    )
+    shapes = record_tile_shapes(model.folder, monkeypatch)
 
     result = run(model.folder, image, axes="YX", tile=0)
 
@@ -335,21 +331,7 @@ def test_cancelled_predict_leaves_no_output(tmp_path, monkeypatch, capsys, how):
         )
     out = work / "out.tif"
 
-    code = cli.main(
-        [
-            "predict",
-            "--quiet",
-            "--model",
-            str(model.folder),
-            "--device",
-            "cpu",
-            "--tile",
-            "32",
-            str(work / "in.npy"),
-            "-o",
-            str(out),
-        ]
-    )
+    code = cli.main(predict_args(model.folder, work / "in.npy", out, "--tile", 32))
 
     err = [
         line

@@ -134,19 +134,3 @@ def test_result_layers_name_place_and_describe_objects(nuclei_result) -> None:
     assert {"eccentricity", "probability"} <= set(features)
     # Areas are pixel counts of the labels themselves.
     assert features["area_px"][0] == np.count_nonzero(data == 1)
-
-
-def test_overlap_threshold_reaches_stardist_results_only(nuclei_result) -> None:
-    import dataclasses
-
-    from napari_oncoai._layers import set_stardist_overlap
-
-    stardist = dataclasses.replace(
-        nuclei_result, stardist={"dist_output": "rays", "nms_threshold": 0.3}
-    )
-    stardist.__dict__.pop("instances", None)
-    set_stardist_overlap(stardist, 0.55)
-    assert stardist.stardist == {"dist_output": "rays", "nms_threshold": 0.55}
-    plain = dataclasses.replace(nuclei_result)
-    set_stardist_overlap(plain, 0.55)
-    assert plain.stardist is None

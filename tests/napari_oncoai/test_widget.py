@@ -62,6 +62,19 @@ def test_picker_groups_models_by_task_and_describes_them(widget, unet_dir) -> No
     assert not widget.overlap_spin.isEnabled()  # not a StarDist model
 
 
+def test_overlap_spin_is_the_nms_threshold_of_stardist_models_only(
+    widget, nuclei_model, monkeypatch
+) -> None:
+    import dataclasses
+
+    info = widget.select_model(nuclei_model)
+    widget.overlap_spin.setValue(0.55)
+    assert widget.config().nms_threshold is None  # not a StarDist model
+    stardist = dataclasses.replace(info, stardist=True)
+    monkeypatch.setattr(widget, "model", lambda: stardist)
+    assert widget.config().nms_threshold == pytest.approx(0.55)
+
+
 def test_layer_choices_follow_the_viewer(viewer, widget) -> None:
     names = lambda: [  # noqa: E731
         widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())

@@ -32,6 +32,22 @@ def test_every_packaged_script_is_listed_here():
     assert sorted(p.name for p in SCRIPTS.glob("*.groovy")) == SCRIPT_NAMES
 
 
+def service_client(name: str) -> str:
+    """The service client block of a packaged script, its marker lines included."""
+    text = (SCRIPTS / name).read_text(encoding="utf-8")
+    start = text.index("// ---- OncoAI service client:")
+    end_marker = "// ---- end of the OncoAI service client ----\n"
+    return text[start : text.index(end_marker, start) + len(end_marker)]
+
+
+def test_the_two_service_clients_stay_byte_identical():
+    # Each script is pasted into QuPath alone, so the client is copied, not shared.
+    detect = service_client("oncoai_detect_selected.groovy")
+    assert "class OncoAIService {" in detect
+    assert "String imagePath(def server) {" in detect
+    assert service_client("oncoai_run_project.groovy") == detect
+
+
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
 def test_scripts_compile_and_state_their_qupath_versions(
     name, groovy_env, standin_classes, tmp_path
@@ -106,6 +122,23 @@ def square(x0, y0, x1, y1) -> dict:
     return box(x0, y0, x1, y1).__geo_interface__
 
 
+def one_square_scene(shared_data: Path, *, selected: bool) -> dict:
+    """The nuclei image open, with one 50-pixel square annotation."""
+    return {
+        "images": [
+            {
+                "id": "1",
+                "name": "x",
+                "path": str(shared_data / "images" / "stardist_img2d.tif"),
+                "annotations": [
+                    {"selected": selected, "geometry": square(0, 0, 50, 50)}
+                ],
+            }
+        ],
+        "open": 0,
+    }
+
+
 def centroid_inside(obj: dict, region: Polygon) -> bool:
     x0, y0, x1, y1 = obj["bounds"]
     return region.buffer(1).contains(box(x0, y0, x1, y1).centroid)
@@ -167,20 +200,9 @@ def test_detect_selected_adds_objects_to_the_selected_annotation(
 def test_detect_selected_without_a_service_says_how_to_start_it(
     groovy_env, standin_classes, shared_data, tmp_path
 ):
-    scene = {
-        "images": [
-            {
-                "id": "1",
-                "name": "x",
-                "path": str(shared_data / "images" / "stardist_img2d.tif"),
-                "annotations": [{"selected": True, "geometry": square(0, 0, 50, 50)}],
-            }
-        ],
-        "open": 0,
-    }
     done, out = run_in_standin(
         SCRIPTS / "oncoai_detect_selected.groovy",
-        scene,
+        one_square_scene(shared_data, selected=True),
         tmp_path,
         groovy_env,
         standin_classes,
@@ -194,20 +216,9 @@ def test_detect_selected_without_a_service_says_how_to_start_it(
 def test_detect_selected_needs_a_selection(
     service, groovy_env, standin_classes, shared_data, tmp_path
 ):
-    scene = {
-        "images": [
-            {
-                "id": "1",
-                "name": "x",
-                "path": str(shared_data / "images" / "stardist_img2d.tif"),
-                "annotations": [{"selected": False, "geometry": square(0, 0, 50, 50)}],
-            }
-        ],
-        "open": 0,
-    }
     done, out = run_in_standin(
         SCRIPTS / "oncoai_detect_selected.groovy",
-        scene,
+        one_square_scene(shared_data, selected=False),
         tmp_path,
         groovy_env,
         standin_classes,

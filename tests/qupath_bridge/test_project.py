@@ -31,6 +31,24 @@ def oncoai(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     )
 
 
+def qupath_run_on_cpu(
+    project: Path, model: Path, out: Path, *options: str | Path
+) -> subprocess.CompletedProcess:
+    """``oncoai qupath run`` on the CPU, writing into ``out``."""
+    return oncoai(
+        "qupath",
+        "run",
+        str(project),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+        *map(str, options),
+    )
+
+
 def test_reads_entries_ids_uris_and_finds_moved_images(example_project):
     project = QuPathProject.open(example_project)
 
@@ -89,17 +107,7 @@ def test_not_a_project(tmp_path):
 
 def test_run_without_channel_names_the_channels(example_project, unet_dir, tmp_path):
     out = tmp_path / "out"
-    done = oncoai(
-        "qupath",
-        "run",
-        str(example_project),
-        "--model",
-        str(unet_dir),
-        "--device",
-        "cpu",
-        "-o",
-        str(out),
-    )
+    done = qupath_run_on_cpu(example_project, unet_dir, out)
     assert done.returncode == 2
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("error: the model takes 1 channel(s) but the image has 3")
@@ -127,20 +135,8 @@ def test_run_writes_one_geojson_per_image_and_an_import_script(
     )
     out = tmp_path / "results"
 
-    done = oncoai(
-        "qupath",
-        "run",
-        str(example_project),
-        "--model",
-        str(unet_dir),
-        "--device",
-        "cpu",
-        "--channel",
-        "0",
-        "-o",
-        str(out),
-        "--annotations",
-        str(annotations),
+    done = qupath_run_on_cpu(
+        example_project, unet_dir, out, "--channel", "0", "--annotations", annotations
     )
 
     assert done.returncode == 0, done.stderr
