@@ -638,7 +638,16 @@ class RunModelWidget(QWidget):
 # Modules whose first import holds the GIL for a long time (torch's C++
 # start-up takes ~0.3 s); they are imported once, in the background, when the
 # widget opens, so that a run never freezes the viewer while importing them.
-_HEAVY_MODULES = ("torch", "onnxruntime", "bioimageio.core", "model_zoo.prediction")
+_HEAVY_MODULES = (
+    "torch",
+    "onnxruntime",
+    "bioimageio.core",
+    "bioimageio.core.proc_ops",
+    "model_zoo.model",
+    "model_zoo.prediction",
+    "model_zoo.stats",
+    "model_zoo.postprocess",
+)
 _warm = threading.Event()
 _warm_lock = threading.Lock()
 
