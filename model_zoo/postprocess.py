@@ -117,7 +117,7 @@ def probability_to_labels(
     if not foreground.any():
         return np.zeros(probability.shape, dtype=np.int32)
     if split_touching:
-        labels = _split_by_watershed(foreground, int(min_distance))
+        labels = _split_each_component(foreground, int(min_distance))
     else:
         labels, _ = ndi.label(foreground)
 
@@ -152,6 +152,32 @@ def _check_probability(probability: np.ndarray) -> np.ndarray:
             "Apply the model's sigmoid or softmax, or rescale the output first."
         )
     return array
+
+
+def _split_each_component(foreground: np.ndarray, min_distance: int) -> np.ndarray:
+    """Split touching objects one connected component at a time.
+
+    Working on each component's bounding box (one pixel wider, inside the image)
+    gives the same distance map as the whole image, while keeping every call into
+    scipy and scikit-image short: whole-image calls held Python's interpreter lock
+    for up to 0.4 s on a 2048² image and froze the host's event loop.
+    """
+    components, _ = ndi.label(foreground)
+    labels = np.zeros(foreground.shape, dtype=np.int32)
+    next_label = 0
+    for index, box in enumerate(ndi.find_objects(components), start=1):
+        if box is None:
+            continue
+        wide = tuple(
+            slice(max(0, b.start - 1), min(n, b.stop + 1))
+            for b, n in zip(box, foreground.shape)
+        )
+        mask = components[wide] == index
+        local = _split_by_watershed(mask, min_distance)
+        inside = local > 0
+        labels[wide][inside] = local[inside] + next_label
+        next_label += int(local.max())
+    return labels
 
 
 def _split_by_watershed(foreground: np.ndarray, min_distance: int) -> np.ndarray:
