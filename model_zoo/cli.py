@@ -274,8 +274,7 @@ def _test_format(rdf: Path, descr: Any, fmt: str, device: str) -> bool:
     import numpy as np
 
     from model_zoo.config import PredictionConfig
-    from model_zoo.images import ImageData
-    from model_zoo.model import axes_letters, load_model
+    from model_zoo.model import load_model
     from model_zoo.prediction import predict
 
     model = load_model(rdf, fmt, device)
@@ -307,7 +306,6 @@ def _test_format(rdf: Path, descr: Any, fmt: str, device: str) -> bool:
             + ("reproduced" if good else "NOT reproduced")
         )
         ok &= good
-    del ImageData, axes_letters
     return ok
 
 

@@ -606,7 +606,7 @@ class _ParallelTiles:
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         n = inputs[0].shape[0]
         step = self._item_batch
-        if n <= step or self.workers == 1 and n <= step:
+        if n <= step:
             return self._one(list(inputs))
         parts = [[a[i : i + step] for a in inputs] for i in range(0, n, step)]
         results = list(self._pool.map(self._one, parts))

@@ -585,23 +585,13 @@ class _Runner:
             for m in op.required_measures
             if str(m.member_id) in {im.member for im in self.maps}
         }
-        if not measures:
-            # Still refuse NaN/Inf, which would poison every tile.
-            measures_needed = False
-        else:
-            measures_needed = True
         readers = {
             im.member: (_frame_reader(im, frame), im.model_dims) for im in self.maps
         }
-        y_len = self.first.image.size("Y")
-        row_values = max(
-            1,
-            self.first.image.size("X")
-            * self.first.image.n_channels
-            * self.first.image.size("Z")
-            if "Z" in self.spatial
-            else self.first.image.size("X") * self.first.image.n_channels,
-        )
+        image = self.first.image
+        y_len = image.size("Y")
+        depth = image.size("Z") if "Z" in self.spatial else 1
+        row_values = max(1, image.size("X") * image.n_channels * depth)
         rows = max(1, _STATS_CHUNK_VALUES // row_values)
         total = y_len * row_values
 
@@ -614,7 +604,9 @@ class _Runner:
                     chunk[member] = (self._with_batch(data, dims), dims)
                 yield chunk
 
-        if not measures_needed:
+        if not measures:
+            # No statistics to compute, but NaN or Inf would still poison every
+            # tile: refuse them before any work.
             from model_zoo.stats import _check_finite
 
             for chunk in chunks():
@@ -670,8 +662,8 @@ class _Runner:
         return {k: (sample.members[k].data.to_numpy(), chunk[k][1]) for k in chunk}
 
     def _with_batch(self, data: np.ndarray, dims: list[str]) -> np.ndarray:
-        letters_no_batch = [d for d in dims if d != "batch"]
-        if len(letters_no_batch) != len(dims):
+        """Add the model's batch axis, of length 1, where it has one."""
+        if "batch" in dims:
             return np.expand_dims(data, dims.index("batch"))
         return data
 

@@ -101,8 +101,6 @@ class PredictionResult:
     task: str = "unknown"
     stardist: dict[str, Any] | None = field(default=None)
 
-    from_labels = staticmethod(lambda *a, **k: result_from_labels(*a, **k))
-
     @property
     def main_output(self) -> str:
         """The id of the first output tensor."""
@@ -236,7 +234,6 @@ def result_from_labels(
     PredictionResult
         With ``instances`` already set and measured.
     """
-    from model_zoo import postprocess
     from model_zoo.images import ImageData
 
     labels = np.asarray(labels).astype(np.int32)
@@ -273,7 +270,6 @@ def result_from_labels(
     result.__dict__["instances"] = Instances(
         labels=labels, table=table, offset=offset, pixel_size=image_data.pixel_size
     )
-    del postprocess
     return result
 
 
@@ -301,3 +297,7 @@ def _measure(labels, intensity, channel_axis, probability, pixel_size):
         part["frame"] = np.full(len(part["label"]), t)
         tables.append(part)
     return {k: np.concatenate([p[k] for p in tables]) for k in tables[0]}
+
+
+# ``PredictionResult.from_labels(...)`` reads naturally at call sites in the hosts.
+PredictionResult.from_labels = staticmethod(result_from_labels)  # type: ignore[attr-defined]

@@ -84,13 +84,15 @@ def plan_axis(size: int, tile: int, halo: int, align: int) -> AxisPlan:
         starts.append(nxt)
     keep = []
     for i, start in enumerate(starts):
-        lo = 0 if i == 0 else _split(starts[i - 1], start, tile, align)
-        hi = size if i == len(starts) - 1 else _split(start, starts[i + 1], tile, align)
+        lo = 0 if i == 0 else _split(starts[i - 1], start, tile)
+        hi = size if i == len(starts) - 1 else _split(start, starts[i + 1], tile)
         keep.append((lo, min(hi, size)))
     return AxisPlan(size, tile, halo, tuple(starts), tuple(keep))
 
 
-def _split(a: int, b: int, tile: int, align: int) -> int:
-    """Where tile ``a`` hands over to the next tile ``b``: mid-overlap."""
-    mid = (b + a + tile) // 2
-    return mid
+def _split(a: int, b: int, tile: int) -> int:
+    """Where the tile starting at ``a`` hands over to the one at ``b``.
+
+    The middle of their overlap, so that both keep at least the halo.
+    """
+    return (b + a + tile) // 2
