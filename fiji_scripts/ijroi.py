@@ -373,23 +373,22 @@ def _decode(data: bytes, default_name: str, where: str) -> ImageJRoi:
     return ImageJRoi(kind=imagej_type, coordinates=coordinates, **common)
 
 
-def _rect_corners(raw: roifile.ImagejRoi) -> np.ndarray:
+def _box(raw: roifile.ImagejRoi) -> tuple[float, float, float, float]:
+    """``(x, y, width, height)``, sub-pixel when ImageJ stored it so."""
     if raw.subpixelrect:
-        x0, y0, w, h = raw.xd, raw.yd, raw.widthd, raw.heightd
-    else:
-        x0, y0 = raw.left, raw.top
-        w, h = raw.right - raw.left, raw.bottom - raw.top
+        return raw.xd, raw.yd, raw.widthd, raw.heightd
+    return raw.left, raw.top, raw.right - raw.left, raw.bottom - raw.top
+
+
+def _rect_corners(raw: roifile.ImagejRoi) -> np.ndarray:
+    x0, y0, w, h = _box(raw)
     return np.array(
         [[x0, y0], [x0 + w, y0], [x0 + w, y0 + h], [x0, y0 + h]], dtype=np.float64
     )
 
 
 def _oval_outline(raw: roifile.ImagejRoi) -> np.ndarray:
-    if raw.subpixelrect:
-        x0, y0, w, h = raw.xd, raw.yd, raw.widthd, raw.heightd
-    else:
-        x0, y0 = raw.left, raw.top
-        w, h = raw.right - raw.left, raw.bottom - raw.top
+    x0, y0, w, h = _box(raw)
     angles = np.linspace(0.0, 2.0 * np.pi, _OVAL_VERTICES, endpoint=False)
     return np.column_stack(
         [x0 + w / 2 * (1 + np.cos(angles)), y0 + h / 2 * (1 + np.sin(angles))]

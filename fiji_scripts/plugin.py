@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from model_zoo.errors import OncoAIError, one_line
 from model_zoo.plugins import Command, Registry
@@ -79,12 +79,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="fiji_command", required=True)
 
     install = sub.add_parser("install", help="add the macros to Plugins › OncoAI")
-    install.add_argument("--imagej-dir", help="the ImageJ or Fiji folder")
+    _add_imagej_dir(install)
     install.add_argument("--exe", help="the oncoai executable the macros call")
     install.set_defaults(fiji_handler=_install)
 
     uninstall = sub.add_parser("uninstall", help="remove the macros")
-    uninstall.add_argument("--imagej-dir", help="the ImageJ or Fiji folder")
+    _add_imagej_dir(uninstall)
     uninstall.set_defaults(fiji_handler=_uninstall)
 
     run = sub.add_parser("run", help="run a model on an image for a macro")
@@ -117,12 +117,20 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT_S,
         help="seconds before giving up (default: %(default)s)",
     )
-    run.add_argument("--log", help=f"log file (default: <temp>/{LOG_NAME})")
+    _add_log(run)
     run.set_defaults(fiji_handler=_run)
 
     models = sub.add_parser("models", help="list the models a macro can run")
-    models.add_argument("--log", help=f"log file (default: <temp>/{LOG_NAME})")
+    _add_log(models)
     models.set_defaults(fiji_handler=_models)
+
+
+def _add_imagej_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--imagej-dir", help="the ImageJ or Fiji folder")
+
+
+def _add_log(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log", help=f"log file (default: <temp>/{LOG_NAME})")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -165,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         outcome = run(request, use_service=args.service == "auto", timeout=args.timeout)
     except Exception as err:  # noqa: BLE001 -- the macro needs one line, always
-        return _fail(err)
+        return _fail(err, args.log)
     finally:
         watchdog.cancel()
     for path in outcome.outputs:
@@ -180,7 +188,7 @@ def _models(args: argparse.Namespace) -> int:
     try:
         entries = list_macro_models()
     except Exception as err:  # noqa: BLE001
-        return _fail(err)
+        return _fail(err, args.log)
     for model_id, name in entries:
         _say(f"MODEL {model_id}\t{name}")
     _say("OK")
@@ -196,11 +204,9 @@ def list_macro_models() -> list[tuple[str, str]]:
         ``(id, name)`` pairs, without duplicates.
     """
     from model_zoo.cache import list_models
-
-    entries: list[tuple[str, str]] = []
     from model_zoo.starter import STARTER_MODELS
 
-    entries += [(name, name) for name, rdf in STARTER_MODELS.items() if rdf.is_file()]
+    entries = [(name, name) for name, rdf in STARTER_MODELS.items() if rdf.is_file()]
     seen = {model_id for model_id, _ in entries}
     for model in list_models():
         if model.id not in seen:
@@ -221,7 +227,7 @@ def _roi_region(path: str) -> tuple[int, int, int, int]:
     return x0, y0, x1 - x0, y1 - y0
 
 
-def _fail(err: BaseException) -> int:
+def _fail(err: BaseException, log_file: str | None) -> int:
     if isinstance(err, OncoAIError):
         log.info("failed: %s", one_line(err))
         _say(f"ERROR: {one_line(err)}")
@@ -229,7 +235,7 @@ def _fail(err: BaseException) -> int:
     log.exception("unexpected error")
     _say(
         f"ERROR: unexpected {type(err).__name__}: {one_line(err)} (details in "
-        f"{_log_path(None)})"
+        f"{_log_path(log_file)})"
     )
     return 3
 
@@ -265,7 +271,7 @@ def _log_to_file(path: str | None) -> None:
     root.setLevel(logging.INFO)
 
 
-def _start_watchdog(seconds: float) -> Any:
+def _start_watchdog(seconds: float) -> threading.Timer:
     """End the process with an ERROR line if the run outlives ``seconds``.
 
     The service path cancels its job at the timeout; this also covers a model

@@ -26,7 +26,7 @@ import roifile
 from shapely.geometry import MultiPolygon, Polygon
 
 from model_zoo.errors import OncoAIError
-from model_zoo.outputs import atomic_path
+from model_zoo.outputs import atomic_path, imagej_integers
 
 if TYPE_CHECKING:
     from model_zoo.result import PredictionResult
@@ -184,9 +184,9 @@ def make_labels_tif_writer(
 def imagej_labels(labels: np.ndarray) -> np.ndarray:
     """Return labels in a pixel type that ImageJ stores: 16-bit or 32-bit float.
 
-    ImageJ has no 32-bit integer images.  Up to 65535 objects fit in 16 bits,
-    which ImageJ shows with its label lookup tables; beyond that a 32-bit float
-    holds every label exactly up to 2**24.
+    Up to 65535 objects fit in 16 bits, which ImageJ shows with its label lookup
+    tables; beyond that a 32-bit float holds every label exactly up to 2**24
+    (the engine's :func:`~model_zoo.outputs.imagej_integers`).
 
     Parameters
     ----------
@@ -197,17 +197,9 @@ def imagej_labels(labels: np.ndarray) -> np.ndarray:
     array of uint16 or float32, same shape
     """
     labels = np.asarray(labels)
-    top = int(labels.max(initial=0))
     if labels.size and int(labels.min()) < 0:
         raise OncoAIError(f"labels must be >= 0; got a minimum of {labels.min()}.")
-    if top <= np.iinfo(np.uint16).max:
-        return labels.astype(np.uint16)
-    if top >= 2**24:
-        raise OncoAIError(
-            f"{top} objects is more than an ImageJ image can number exactly (2**24); "
-            "split the image into smaller regions."
-        )
-    return labels.astype(np.float32)
+    return imagej_integers(labels)
 
 
 def _outline_to_roi(outline: Polygon | MultiPolygon, name: str) -> roifile.ImagejRoi:

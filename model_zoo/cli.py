@@ -156,16 +156,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(outputs: Sequence[Path]) -> None:
-    from model_zoo.plugins import get_registry
+    """Refuse unknown formats and missing folders before any work is done."""
+    from model_zoo.outputs import writer_for
 
-    registry = get_registry()
     for out in outputs:
-        if registry.writer_for(out) is None:
-            known = ", ".join(sorted(registry.writers))
-            raise OncoAIError(
-                f"cannot tell the output format of {out.name!r}; end the name with "
-                f"one of {known}"
-            )
+        writer_for(out)
         if not out.parent.exists():
             raise OncoAIError(
                 f"output folder {str(out.parent)!r} does not exist; create it first"

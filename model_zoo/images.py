@@ -35,7 +35,8 @@ class ImageData:
         A numpy array, a memory map or a zarr array; anything with ``shape``,
         ``dtype`` and numpy slicing.
     axes : str
-        One letter per dimension from ``TCZYXS`` (S: RGB samples).
+        One letter per dimension from ``TCZYXS`` (S: RGB samples); empty to
+        guess them from the shape with :func:`guess_axes`.
     pixel_size : tuple of float or None
         ``(y, x)`` micrometres per pixel, when the file says.
     channel_names : list of str or None
@@ -57,7 +58,8 @@ class ImageData:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.axes = self.axes.upper()
+        # Empty axes mean "not known": read them from the shape.
+        self.axes = (self.axes or guess_axes(self.shape)).upper()
         if len(self.axes) != len(self.array.shape):
             raise OncoAIError(
                 f"axes {self.axes!r} have {len(self.axes)} letters but the image has "
@@ -230,17 +232,6 @@ def _stem(path: Path) -> str:
 
 def _new(array: Any, axes: str | None, **kwargs: Any) -> ImageData:
     return ImageData(array, axes or guess_axes(tuple(array.shape)), **kwargs)
-
-
-# ImageData with axes "" is built before axes are known; allow it privately.
-def _lenient_post_init(self: ImageData) -> None:
-    if self.axes == "":
-        self.axes = guess_axes(tuple(self.array.shape))
-    _strict_post_init(self)
-
-
-_strict_post_init = ImageData.__post_init__
-ImageData.__post_init__ = _lenient_post_init  # type: ignore[method-assign]
 
 
 def _read_flat(path: Path) -> ImageData:

@@ -79,6 +79,24 @@ def write_result(result: PredictionResult, path: str | Path) -> Path:
     """
     path = Path(path)
     registry = get_registry()
+    suffix, writer = writer_for(path)
+    if suffix in registry.instance_suffixes:
+        result.instances  # noqa: B018 -- computed here so errors come before writing
+    writer(result, path)
+    write_sidecar(result, path)
+    log.info("wrote %s", path)
+    return path
+
+
+def writer_for(path: Path) -> tuple[str, Any]:
+    """The registered suffix and writer for ``path``.
+
+    Raises
+    ------
+    OncoAIError
+        When no registered format matches the name, listing those that do exist.
+    """
+    registry = get_registry()
     match = registry.writer_for(path)
     if match is None:
         known = ", ".join(sorted(registry.writers))
@@ -86,13 +104,7 @@ def write_result(result: PredictionResult, path: str | Path) -> Path:
             f"cannot tell the output format of {path.name!r}; end the name with one "
             f"of {known}"
         )
-    suffix, writer = match
-    if suffix in registry.instance_suffixes:
-        result.instances  # noqa: B018 -- computed here so errors come before writing
-    writer(result, path)
-    write_sidecar(result, path)
-    log.info("wrote %s", path)
-    return path
+    return match
 
 
 def write_sidecar(result: PredictionResult, path: Path) -> Path:
@@ -169,11 +181,38 @@ def _imagej_order(array: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     if data.dtype == np.float64:
         data = data.astype(np.float32)
     if data.dtype.kind == "b" or (data.dtype.kind in "iu" and data.dtype.itemsize > 2):
-        # ImageJ reads 8- and 16-bit integers and 32-bit floats only; labels past
-        # 65,535 stay exact as float32 up to 2**24.
-        low, top = (int(data.min()), int(data.max())) if data.size else (0, 0)
-        data = data.astype(np.uint16 if low >= 0 and top < 2**16 else np.float32)
+        data = imagej_integers(data)
     return data, "".join(order)
+
+
+def imagej_integers(data: np.ndarray) -> np.ndarray:
+    """Integers (e.g. labels) in a pixel type ImageJ stores exactly.
+
+    ImageJ has 8- and 16-bit integer and 32-bit float images only: values in
+    0..65535 become 16-bit, others 32-bit float, which is exact up to 2**24.
+
+    Parameters
+    ----------
+    data : array of int or bool, any shape
+
+    Returns
+    -------
+    array of uint16 or float32, same shape
+
+    Raises
+    ------
+    OncoAIError
+        When a value is too large for a float32 to hold exactly.
+    """
+    low, top = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    if low >= 0 and top < 2**16:
+        return data.astype(np.uint16)
+    if max(abs(low), abs(top)) >= 2**24:
+        raise OncoAIError(
+            f"{max(abs(low), abs(top))} is more than an ImageJ image can number "
+            "exactly (limit 2**24); split the image into smaller regions"
+        )
+    return data.astype(np.float32)
 
 
 def _tiled_tiff(tmp, array, axes, text, extratags, resolution) -> None:
@@ -287,15 +326,3 @@ def register(registry: Registry) -> None:
     registry.add_writer((".tif", ".tiff", ".ome.tif", ".ome.tiff"), write_tiff)
     registry.add_writer((".zarr", ".ome.zarr"), write_zarr)
     registry.add_writer((".npy",), write_npy)
-
-
-def write_labels_tiff(result: PredictionResult, path: Path) -> None:
-    """The instance labels as an int32 ImageJ TIFF, calibrated like the input.
-
-    Bridges register this for names such as ``*_labels.tif``.
-    """
-    labels = result.instances.labels
-    axes = "".join(a for a in "TZYX" if a in result.image.axes)[-labels.ndim :]
-    _tiff(
-        labels.astype(np.int32), axes, path, result.provenance, result.image.pixel_size
-    )

@@ -231,6 +231,12 @@ class PredictionJob:
         The input.  A bare array needs ``config.axes`` or gets guessed axes.
     model : OncoModel or None
         A model that is already loaded; loaded from ``config`` when None.
+    output_factory : callable or None
+        ``factory(output_id, shape, dtype)`` returns the array each output is
+        written into, tile by tile; in memory when None, on disk with
+        :func:`model_zoo.streaming.disk_outputs`.
+    offset : tuple of float
+        ``(x0, y0)``: where the image's pixel (0, 0) lies on the level-0 slide.
 
     Examples
     --------
@@ -577,7 +583,6 @@ class _Runner:
         return store
 
     def _frame_stats(self, frame: Mapping[str, int]) -> dict[Any, Any]:
-        from model_zoo.stats import compute_stats
 
         measures = {
             m
@@ -613,40 +618,28 @@ class _Runner:
                 for data, _ in chunk.values():
                     _check_finite(data)
             return {}
-        prefix_ops = self._ops_before_stats()
-        if prefix_ops:
-            return self._stats_after_ops(measures, chunks, total, prefix_ops)
-        return compute_stats(measures, chunks, total)
+        return self._stats_in_order(chunks, total)
 
-    def _ops_before_stats(self) -> list[Any]:
-        """Pre-processing steps that run before the first step needing statistics."""
-        prefix = []
-        for op in self.pre:
-            if op.required_measures:
-                break
-            prefix.append(op)
-        return prefix
+    def _stats_in_order(self, chunks, total) -> dict[Any, Any]:
+        """Each pre-processing step's statistics, of the tensor as it sees it.
 
-    def _stats_after_ops(self, measures, chunks, total, prefix_ops) -> dict[Any, Any]:
+        A step's statistics are taken over the whole frame after the steps before
+        it, in one streamed pass per step that needs statistics not yet known.
+        """
         from model_zoo.stats import compute_stats
 
-        # Later steps that need statistics of an already-normalised tensor are
-        # rare; they are computed after the steps before them, pass by pass.
         stats: dict[Any, Any] = {}
-        applied = list(prefix_ops)
-        remaining = [op for op in self.pre if op not in applied]
-        while remaining:
-            op = remaining[0]
+        for index, op in enumerate(self.pre):
             need = {m for m in op.required_measures if m not in stats}
             if need:
-                transformed = self._transformed_chunks(chunks, tuple(applied), stats)
-                stats.update(compute_stats(need, transformed, total))
-            applied.append(op)
-            remaining.pop(0)
-        return {m: stats[m] for m in measures if m in stats}
+                source = self._transformed_chunks(chunks, self.pre[:index], stats)
+                stats.update(compute_stats(need, source, total))
+        return stats
 
     def _transformed_chunks(self, chunks, ops, stats):
         """Chunks as they look after ``ops``, for statistics that follow them."""
+        if not ops:
+            return chunks
         frozen = dict(stats)
 
         def transformed():
@@ -796,9 +789,7 @@ class _Runner:
                 o_lo = int(round(lo * r - shift)) if lo else 0
                 full = int(round(plan.size * r - 2 * shift))
                 o_hi = full if hi == plan.size else int(round(hi * r - shift))
-                t_lo = o_lo - int(round(start * r - shift)) if start else o_lo
-                if start == 0:
-                    t_lo = o_lo
+                t_lo = o_lo - (int(round(start * r - shift)) if start else 0)
                 src.append(slice(t_lo, t_lo + (o_hi - o_lo)))
                 dst[letter] = slice(o_lo, o_hi)
             else:

@@ -109,11 +109,8 @@ class PredictionResult:
     def probability(self) -> np.ndarray:
         """Return the foreground probability of the main output, ([T][Z])YX.
 
-        Raises
-        ------
-        OncoAIError
-            When the main output has more than one channel and no stardist
-            configuration tells how to read it.
+        With several channels, the last is taken as the foreground, as in the
+        common background/foreground and background/boundary/foreground layouts.
         """
         key = self.main_output
         array, axes = self.outputs[key], self.output_axes[key]

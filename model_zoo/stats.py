@@ -34,7 +34,6 @@ _INT_RANGE = 1 << 22
 class _Accumulator:
     """Running statistics for one measure group (one tensor, one set of axes)."""
 
-    kept_shape: tuple[int, ...]
     n: int = 0
     mean: np.ndarray | None = None
     m2: np.ndarray | None = None
@@ -134,7 +133,7 @@ def compute_stats(
             _check_finite(array)
             kept = _kept_dims(dims, axes)
             flat = _flatten(array, list(dims), kept)
-            acc = accs.setdefault(key, _Accumulator(kept_shape=(flat.shape[0],)))
+            acc = accs.setdefault(key, _Accumulator())
             dims_of[key] = kept
             sizes_of[key] = {d: array.shape[list(dims).index(d)] for d in kept}
             acc.update_moments(flat, track_range=needs_quantiles)

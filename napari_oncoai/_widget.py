@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import html
 import importlib
 import logging
 import sys
@@ -88,6 +89,7 @@ class RunModelWidget(QWidget):
         self._worker: Any = None
         self._pbar: Any = None
         self._cancel_requested = False
+        self._outcome = ""
         self._last_index = 0
 
         layout = QVBoxLayout(self)
@@ -373,11 +375,11 @@ class RunModelWidget(QWidget):
             self.model_info.setText("No model available.")
             self.cover.clear()
             return
-        description = _escape(info.description[:400])
+        description = html.escape(info.description[:400])
         self.model_info.setText(
-            f"<b>{_escape(info.name)}</b><br>{description}<br>"
-            f"<small>Licence: {_escape(info.license)} · Input axes: "
-            f"{_escape(info.input_axes or '?')} · Task: {_escape(info.task)}"
+            f"<b>{html.escape(info.name)}</b><br>{description}<br>"
+            f"<small>Licence: {html.escape(info.license)} · Input axes: "
+            f"{html.escape(info.input_axes or '?')} · Task: {html.escape(info.task)}"
             f"</small>"
         )
         pixmap = QPixmap(str(info.cover)) if info.cover else QPixmap()
@@ -627,7 +629,7 @@ class RunModelWidget(QWidget):
         self._worker = None
         self._job = None
         self._set_running(False)
-        outcome = getattr(self, "_outcome", "cancelled")
+        outcome = self._outcome or "cancelled"
         if self._cancel_requested:
             outcome = "cancelled"
             self.status.setText("Cancelled; nothing was added.")
@@ -787,10 +789,6 @@ def _add_header(combo: QComboBox, text: str) -> None:
     font = item.font()
     font.setBold(True)
     item.setFont(font)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _report(err: BaseException, what: str) -> None:

@@ -195,7 +195,7 @@ class RegionPrediction:
         """The annotation's z/t plane, empty for the first plane."""
         if self.annotation is None:
             return {}
-        plane = {k: int(v) for k, v in self.annotation.plane.items() if k in "zt"}
+        plane = {k: int(v) for k, v in self.annotation.plane.items() if k in ("z", "t")}
         return {**plane, "c": -1} if any(plane.values()) else {}
 
     def cancel(self) -> None:

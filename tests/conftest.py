@@ -24,6 +24,16 @@ def unet_dir(shared_data: Path) -> Path:
     return shared_data / "bioimageio" / "unet2d_nuclei_broad"
 
 
+@pytest.fixture(scope="session")
+def nuclei_model() -> str:
+    """The bundled starter nucleus model, small and fast enough for host tests."""
+    from model_zoo.starter import STARTER_MODELS
+
+    if not STARTER_MODELS["oncoai-nuclei"].is_file():
+        pytest.fail("the starter model package model_zoo/starter/models is missing")
+    return "oncoai-nuclei"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
     """Keep every test's model cache and service token out of the user's home."""

@@ -67,16 +67,6 @@ def oncoai_exe() -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_source(shared_data: Path) -> str:
-    """The starter nucleus model, or the shared U-Net while it is not built."""
-    from model_zoo.starter import STARTER_MODELS
-
-    if STARTER_MODELS["oncoai-nuclei"].is_file():
-        return "oncoai-nuclei"
-    return str(shared_data / "bioimageio" / "unet2d_nuclei_broad")
-
-
-@pytest.fixture(scope="session")
 def imagej(ij_jar: Path) -> Any:
     """ImageJ in this process, through JPype, without windows."""
     from fiji_scripts.imagej import start_imagej

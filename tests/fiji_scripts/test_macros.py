@@ -26,6 +26,13 @@ BATCH = MACRO_DIR / "oncoai_batch.ijm"
 SUFFIXES = ("_labels.tif", "_RoiSet.zip", "_results.csv")
 
 
+def _batch(
+    ij_jar: Path, home: Path, argument: str, env: dict[str, str], macro: Path = BATCH
+) -> MacroRun:
+    """A headless macro run with ImageJ's temp folder in ``home/temp``."""
+    return run_batch_macro(ij_jar, macro, argument, env, home / "temp")
+
+
 @dataclass
 class Contract:
     run: MacroRun
@@ -37,7 +44,7 @@ class Contract:
 def contract(
     ij_jar: Path,
     oncoai_exe: Path,
-    model_source: str,
+    nuclei_model: str,
     shared_data: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Contract:
@@ -45,12 +52,11 @@ def contract(
     home = tmp_path_factory.mktemp("contract")
     outdir = home / "out"
     image = shared_data / "images" / "stardist_img2d.tif"
-    run = run_batch_macro(
+    run = _batch(
         ij_jar,
-        BATCH,
-        f"input={image} model={model_source} output={outdir}",
+        home,
+        f"input={image} model={nuclei_model} output={outdir}",
         macro_env(oncoai_exe, home),
-        home / "temp",
     )
     return Contract(run, outdir, home)
 
@@ -81,12 +87,12 @@ def test_imagej_reopens_the_roiset_with_one_roi_per_label(
         'print("OK");\n'
     )
 
-    run = run_batch_macro(
+    run = _batch(
         ij_jar,
-        code,
+        contract.home,
         str(contract.outdir / "stardist_img2d_RoiSet.zip"),
         macro_env(oncoai_exe, contract.home),
-        contract.home / "temp",
+        macro=code,
     )
 
     expected = _label_count(labels)
@@ -114,15 +120,13 @@ def test_the_jpype_bridge_opens_the_result(contract: Contract, imagej: Any) -> N
 def _error_run(
     ij_jar: Path, oncoai_exe: Path, home: Path, argument: str, **env: str
 ) -> MacroRun:
-    run = run_batch_macro(
-        ij_jar, BATCH, argument, macro_env(oncoai_exe, home, **env), home / "temp"
-    )
+    run = _batch(ij_jar, home, argument, macro_env(oncoai_exe, home, **env))
     assert run.returncode == 0
     return run
 
 
 def test_a_missing_image_gives_oncoai_s_message(
-    tmp_path: Path, ij_jar: Path, oncoai_exe: Path, model_source: str
+    tmp_path: Path, ij_jar: Path, oncoai_exe: Path, nuclei_model: str
 ) -> None:
     missing = tmp_path / "nope.tif"
 
@@ -130,7 +134,7 @@ def test_a_missing_image_gives_oncoai_s_message(
         ij_jar,
         oncoai_exe,
         tmp_path,
-        f"input={missing} model={model_source} output={tmp_path / 'out'}",
+        f"input={missing} model={nuclei_model} output={tmp_path / 'out'}",
     )
 
     assert run.last == f"ERROR: image not found: {missing}; check the path."
@@ -157,12 +161,11 @@ def test_a_missing_model_gives_oncoai_s_message(
 
 
 def test_a_missing_oncoai_is_reported(tmp_path: Path, ij_jar: Path) -> None:
-    run = run_batch_macro(
+    run = _batch(
         ij_jar,
-        BATCH,
+        tmp_path,
         f"input={tmp_path / 'a.tif'} model=m output={tmp_path}",
         macro_env(tmp_path / "no-oncoai", tmp_path, PATH="/usr/bin:/bin"),
-        tmp_path / "temp",
     )
 
     assert run.last.startswith("ERROR: oncoai gave no answer (Cannot run program")
@@ -186,14 +189,14 @@ def test_three_channels_to_a_one_channel_model_cold(
     tmp_path: Path,
     ij_jar: Path,
     oncoai_exe: Path,
-    model_source: str,
+    nuclei_model: str,
     three_channels: Path,
 ) -> None:
     run = _error_run(
         ij_jar,
         oncoai_exe,
         tmp_path,
-        f"input={three_channels} model={model_source} output={tmp_path / 'out'}",
+        f"input={three_channels} model={nuclei_model} output={tmp_path / 'out'}",
     )
 
     assert run.last.startswith(
@@ -214,7 +217,7 @@ def test_a_folder_runs_through_the_warm_service(
     tmp_path: Path,
     ij_jar: Path,
     oncoai_exe: Path,
-    model_source: str,
+    nuclei_model: str,
     shared_data: Path,
     service: Service,
     imagej: Any,
@@ -235,12 +238,11 @@ def test_a_folder_runs_through_the_warm_service(
     (folder / "notes.txt").write_text("not an image")
     outdir = tmp_path / "out"
 
-    run = run_batch_macro(
+    run = _batch(
         ij_jar,
-        BATCH,
-        f"input={folder} model={model_source} output={outdir}",
+        tmp_path,
+        f"input={folder} model={nuclei_model} output={outdir}",
         _service_env(oncoai_exe, tmp_path, service),
-        tmp_path / "temp",
     )
 
     assert run.last == "OK", run.lines
@@ -262,24 +264,22 @@ def test_errors_come_back_through_the_service(
     tmp_path: Path,
     ij_jar: Path,
     oncoai_exe: Path,
-    model_source: str,
+    nuclei_model: str,
     three_channels: Path,
     service: Service,
 ) -> None:
     env = _service_env(oncoai_exe, tmp_path, service)
-    bad_model = run_batch_macro(
+    bad_model = _batch(
         ij_jar,
-        BATCH,
+        tmp_path,
         f"input={three_channels} model=no-such-model output={tmp_path / 'a'}",
         env,
-        tmp_path / "temp",
     )
-    bad_channels = run_batch_macro(
+    bad_channels = _batch(
         ij_jar,
-        BATCH,
-        f"input={three_channels} model={model_source} output={tmp_path / 'b'}",
+        tmp_path,
+        f"input={three_channels} model={nuclei_model} output={tmp_path / 'b'}",
         env,
-        tmp_path / "temp",
     )
 
     assert bad_model.last.startswith("ERROR: ") and "no-such-model" in bad_model.last
@@ -294,7 +294,7 @@ def test_segment_nuclei_on_the_open_image_fills_imagej(
     tmp_path: Path,
     ij_jar: Path,
     oncoai_exe: Path,
-    model_source: str,
+    nuclei_model: str,
     shared_data: Path,
     service: Service,
 ) -> None:
@@ -305,7 +305,7 @@ def test_segment_nuclei_on_the_open_image_fills_imagej(
 open("{image}");
 makeRectangle(100, 120, 200, 150);
 runMacro("{MACRO_DIR / "Segment_Nuclei.ijm"}",
-    "model=[{model_source}] output=[{outdir}] show=true");
+    "model=[{nuclei_model}] output=[{outdir}] show=true");
 lines = split(getInfo("log"), "\\n");
 record("last", lines[lines.length - 1]);
 record("images", nImages);
@@ -343,7 +343,7 @@ def test_denoise_writes_the_output_image_with_calibration(
     tmp_path: Path,
     ij_jar: Path,
     oncoai_exe: Path,
-    model_source: str,
+    nuclei_model: str,
     shared_data: Path,
     service: Service,
     imagej: Any,
@@ -358,12 +358,12 @@ def test_denoise_writes_the_output_image_with_calibration(
     )
     outdir = tmp_path / "out"
 
-    run = run_batch_macro(
+    run = _batch(
         ij_jar,
-        MACRO_DIR / "Denoise_Image.ijm",
-        f"input=[{source}] model=[{model_source}] output=[{outdir}]",
+        tmp_path,
+        f"input=[{source}] model=[{nuclei_model}] output=[{outdir}]",
         _service_env(oncoai_exe, tmp_path, service),
-        tmp_path / "temp",
+        macro=MACRO_DIR / "Denoise_Image.ijm",
     )
 
     assert run.last == "OK", run.lines
@@ -377,12 +377,12 @@ def test_a_menu_macro_without_a_model_asks_for_one_headless(
     tmp_path: Path, ij_jar: Path, oncoai_exe: Path, shared_data: Path
 ) -> None:
     image = shared_data / "images" / "stardist_img2d.tif"
-    run = run_batch_macro(
+    run = _batch(
         ij_jar,
-        MACRO_DIR / "Segment_Cells.ijm",
+        tmp_path,
         f"input=[{image}] output=[{tmp_path / 'out'}]",
         macro_env(oncoai_exe, tmp_path),
-        tmp_path / "temp",
+        macro=MACRO_DIR / "Segment_Cells.ijm",
     )
 
     assert run.last == (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from fiji_scripts.plugin import list_macro_models
+from fiji_scripts.plugin import _fail, list_macro_models
 from fiji_scripts.runner import RunRequest, parse_params
 from model_zoo.errors import OncoAIError
 
@@ -25,6 +25,27 @@ def _oncoai(exe: Path, home: Path, *args: str) -> tuple[list[str], int, str]:
         timeout=300,
     )
     return done.stdout.splitlines(), done.returncode, done.stderr
+
+
+def _fiji_run(
+    exe: Path, home: Path, image: Path, model: str, *options: str
+) -> tuple[list[str], int, str]:
+    """``oncoai fiji run`` into ``home/out``, logging to ``home/fiji.log``."""
+    return _oncoai(
+        exe,
+        home,
+        "fiji",
+        "run",
+        "--input",
+        str(image),
+        "--model",
+        model,
+        "--outdir",
+        str(home / "out"),
+        "--log",
+        str(home / "fiji.log"),
+        *options,
+    )
 
 
 def test_params_are_typed() -> None:
@@ -61,20 +82,8 @@ def test_output_names_follow_the_image(tmp_path: Path) -> None:
 def test_run_answers_error_for_a_missing_image(
     tmp_path: Path, oncoai_exe: Path
 ) -> None:
-    log = tmp_path / "fiji.log"
-    lines, code, stderr = _oncoai(
-        oncoai_exe,
-        tmp_path,
-        "fiji",
-        "run",
-        "--input",
-        str(tmp_path / "missing.tif"),
-        "--model",
-        "oncoai-nuclei",
-        "--outdir",
-        str(tmp_path / "out"),
-        "--log",
-        str(log),
+    lines, code, stderr = _fiji_run(
+        oncoai_exe, tmp_path, tmp_path / "missing.tif", "oncoai-nuclei"
     )
 
     assert code == 2
@@ -83,30 +92,22 @@ def test_run_answers_error_for_a_missing_image(
     ]
     # Nothing on the error stream that ImageJ's exec() would have to drain.
     assert stderr == ""
-    assert "image not found" in log.read_text()
+    assert "image not found" in (tmp_path / "fiji.log").read_text()
     assert not (tmp_path / "out").exists()
 
 
 def test_run_answers_error_for_bad_parameters(
     tmp_path: Path, oncoai_exe: Path, shared_data: Path
 ) -> None:
-    lines, code, _ = _oncoai(
+    lines, code, _ = _fiji_run(
         oncoai_exe,
         tmp_path,
-        "fiji",
-        "run",
-        "--input",
-        str(shared_data / "images" / "stardist_img2d.tif"),
-        "--model",
+        shared_data / "images" / "stardist_img2d.tif",
         "oncoai-nuclei",
-        "--outdir",
-        str(tmp_path / "out"),
         "--params",
         "threshold=2",
         "--service",
         "never",
-        "--log",
-        str(tmp_path / "fiji.log"),
     )
 
     assert code == 2
@@ -115,9 +116,17 @@ def test_run_answers_error_for_bad_parameters(
 
 
 def test_models_lists_the_starter_and_the_cache(
-    tmp_path: Path, oncoai_exe: Path
+    tmp_path: Path,
+    oncoai_exe: Path,
+    shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from model_zoo.cache import import_model
     from model_zoo.starter import STARTER_MODELS
+
+    # The cache that macro_env gives the subprocess, shared with this process.
+    monkeypatch.setenv("ONCOAI_CACHE_DIR", str(tmp_path / "cache"))
+    cached = import_model(shared_data / "bioimageio" / "dummy_tf_v0_4")
 
     lines, code, _ = _oncoai(
         oncoai_exe, tmp_path, "fiji", "models", "--log", str(tmp_path / "l.log")
@@ -126,34 +135,44 @@ def test_models_lists_the_starter_and_the_cache(
     assert code == 0
     assert lines[-1] == "OK"
     starters = [n for n, rdf in STARTER_MODELS.items() if rdf.is_file()]
-    assert lines[:-1] == [f"MODEL {n}\t{n}" for n in starters]
-    assert list_macro_models() == [(n, n) for n in starters]
+    assert starters == ["oncoai-nuclei"]
+    assert lines[:-1] == [f"MODEL {n}\t{n}" for n in starters] + [
+        f"MODEL {cached.id}\t{cached.name}"
+    ]
+    assert list_macro_models() == [(n, n) for n in starters] + [
+        (cached.id, cached.name)
+    ]
+
+
+def test_an_unexpected_error_points_to_the_chosen_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "mine.log"
+
+    code = _fail(RuntimeError("boom"), str(log))
+
+    assert code == 3
+    assert capsys.readouterr().out == (
+        f"ERROR: unexpected RuntimeError: boom (details in {log})\n"
+    )
 
 
 def test_a_roi_limits_the_run_and_objects_keep_image_coordinates(
-    tmp_path: Path, oncoai_exe: Path, shared_data: Path, model_source: str
+    tmp_path: Path, oncoai_exe: Path, shared_data: Path, nuclei_model: str
 ) -> None:
     from fiji_scripts.ijroi import read_roi, read_roi_set
 
     roi_file = shared_data / "imagej_rois" / "polygon.roi"
     x, y, width, height = read_roi(roi_file).region()
-    lines, code, _ = _oncoai(
+    lines, code, _ = _fiji_run(
         oncoai_exe,
         tmp_path,
-        "fiji",
-        "run",
-        "--input",
-        str(shared_data / "images" / "stardist_img2d.tif"),
-        "--model",
-        model_source,
-        "--outdir",
-        str(tmp_path / "out"),
+        shared_data / "images" / "stardist_img2d.tif",
+        nuclei_model,
         "--roi",
         str(roi_file),
         "--service",
         "never",
-        "--log",
-        str(tmp_path / "fiji.log"),
     )
 
     assert code == 0 and lines[-2:] == ["VIA local", "OK"], lines

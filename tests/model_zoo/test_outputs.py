@@ -217,3 +217,15 @@ def test_every_output_of_a_two_output_model_goes_to_the_ome_zarr(tmp_path, capsy
         np.testing.assert_allclose(
             root[key]["0"][:], expected[key][0], rtol=0, atol=1e-5
         )
+
+
+def test_integers_take_a_pixel_type_imagej_stores_exactly() -> None:
+    from model_zoo.errors import OncoAIError
+    from model_zoo.outputs import imagej_integers
+
+    assert imagej_integers(np.array([[0, 65535]], dtype=np.int64)).dtype == np.uint16
+    wide = imagej_integers(np.array([[0, 70000]], dtype=np.int32))
+    assert wide.dtype == np.float32 and wide[0, 1] == 70000
+    assert imagej_integers(np.array([[-1, 3]])).dtype == np.float32
+    with pytest.raises(OncoAIError, match="limit 2\\*\\*24"):
+        imagej_integers(np.array([[2**24]], dtype=np.int64))

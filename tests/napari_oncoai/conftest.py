@@ -11,16 +11,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 @pytest.fixture(scope="session")
-def nuclei_model(shared_data: Path) -> str:
-    """The starter nucleus model when it is built, else the shared U-Net folder."""
-    from model_zoo.starter import STARTER_MODELS
-
-    if STARTER_MODELS["oncoai-nuclei"].is_file():
-        return "oncoai-nuclei"
-    return str(shared_data / "bioimageio" / "unet2d_nuclei_broad")
-
-
-@pytest.fixture(scope="session")
 def nuclei_image(shared_data: Path) -> np.ndarray:
     """StarDist's 512² fluorescence nuclei image, uint16 YX."""
     import tifffile

@@ -54,30 +54,33 @@ def test_scripts_compile_and_state_their_qupath_versions(
 ):
     script = SCRIPTS / name
     assert "Targets QuPath 0.5 and 0.6" in script.read_text(encoding="utf-8")
-    done = subprocess.run(
-        ["groovyc", "-cp", str(standin_classes), "-d", str(tmp_path), str(script)],
-        env=groovy_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = compile_script(script, groovy_env, standin_classes, tmp_path)
     assert done.returncode == 0, done.stderr
 
 
 def test_a_syntax_error_fails_the_compile_check(groovy_env, standin_classes, tmp_path):
-    broken = tmp_path / "broken.groovy"
-    text = (SCRIPTS / SCRIPT_NAMES[0]).read_text(encoding="utf-8")
-    broken.write_text(
-        text.replace("if (annotations.isEmpty())", "if (annotations.isEmpty(")
+    # with_setting checks the line is there, so the copy really is broken.
+    broken = with_setting(
+        SCRIPT_NAMES[0],
+        "if (annotations.isEmpty())",
+        "if (annotations.isEmpty(",
+        tmp_path,
     )
-    done = subprocess.run(
-        ["groovyc", "-cp", str(standin_classes), "-d", str(tmp_path), str(broken)],
+    done = compile_script(broken, groovy_env, standin_classes, tmp_path)
+    assert done.returncode != 0
+
+
+def compile_script(
+    script: Path, groovy_env: dict[str, str], standin_classes: Path, folder: Path
+) -> subprocess.CompletedProcess:
+    """Compile a script against the QuPath stand-in, classes written to ``folder``."""
+    return subprocess.run(
+        ["groovyc", "-cp", str(standin_classes), "-d", str(folder), str(script)],
         env=groovy_env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert done.returncode != 0
 
 
 def with_setting(name: str, line: str, new_line: str, folder: Path) -> Path:
